@@ -1,0 +1,111 @@
+"""The method protocol: a saliency method is a small function of what the engine captured.
+
+A method receives, per explained layer, a :class:`LayerState` (activation ``A`` of shape
+``[B, K, h, w]`` and the gradient ``∂y/∂A`` of the target score ``y``), plus a
+:class:`MethodContext` (model, inputs, target, output) for methods that need extra forward passes.
+It returns the raw low-resolution map ``[B, h, w]`` and, when it has them, the channel weights
+``[B, K]``. Most methods only define :meth:`Method.weights`; the map is then the classic
+
+    L = ReLU( Σ_k w_k · A_k )
+
+Registering a new method is one small class with a ``name`` and a ``weights`` function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from featurelens.errors import MethodError
+
+
+@dataclass
+class LayerState:
+    """What the engine captured at one layer."""
+
+    name: str
+    activation: Tensor  # [B, K, h, w]
+    gradient: Tensor | None  # [B, K, h, w], None for gradient-free methods
+
+
+@dataclass
+class MethodContext:
+    """Everything beyond one layer's tensors that a method may need."""
+
+    model: nn.Module
+    inputs: Tensor  # [B, C, H, W] model-ready batch
+    target: Callable[[Tensor], Tensor]  # output -> [B] scores (the explained target)
+    output: Tensor  # model output of the batch (detached)
+    scores: Tensor  # target scores [B] (detached)
+    target_indices: Tensor | None = None  # explained class per sample, when known
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:
+    """``Σ_k w[b, k] · A[b, k, :, :]`` → ``[B, h, w]``."""
+    return torch.einsum("bk,bkhw->bhw", weights.to(activation.dtype), activation)
+
+
+class Method:
+    """Base class of saliency methods. Subclasses set ``name`` and implement ``weights`` (or ``__call__``)."""
+
+    name: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    needs_gradients: ClassVar[bool] = True
+    reference: ClassVar[str] = ""
+
+    def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
+        raise NotImplementedError
+
+    def __call__(self, layer: LayerState, ctx: MethodContext) -> tuple[Tensor, Tensor | None]:
+        w = self.weights(layer, ctx)
+        return torch.relu(weighted_sum(w, layer.activation)), w
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+METHODS: dict[str, type[Method]] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its name and aliases."""
+    if not cls.name:
+        raise ValueError("a method needs a name")
+    METHODS[cls.name] = cls
+    for key in (cls.name, *cls.aliases):
+        _ALIASES[_key(key)] = cls.name
+    return cls
+
+
+def _key(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "").replace(" ", "")
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(method: str | Method, **options: Any) -> Method:
+    """A method instance from a name (case, ``-`` and ``_`` ignored) or an instance."""
+    if isinstance(method, Method):
+        return method
+    if not isinstance(method, str):
+        raise MethodError(f"a method is a name or a Method instance, got {type(method).__name__}")
+    name = _ALIASES.get(_key(method))
+    if name is None:
+        raise MethodError(f"unknown method {method!r}; valid methods: {', '.join(method_names())}")
+    return METHODS[name](**options)
+
+
+def check_4d(layer: LayerState) -> None:
+    if layer.activation.ndim != 4:
+        raise MethodError(
+            f"layer {layer.name!r} has output shape {tuple(layer.activation.shape)}; CAM methods need a "
+            "[B, C, H, W] feature map (choose a convolutional layer, see `featurelens inspect`)"
+        )

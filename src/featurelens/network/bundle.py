@@ -1,0 +1,465 @@
+"""The explanation bundle: a folder that later tools read without the model.
+
+Layout (schema ``featurelens.network-bundle``, version 1)::
+
+    BUNDLE/
+      bundle.json                       # the manifest, see below
+      images/<image_id>.png             # the image as the model saw it (model input size, RGB)
+      maps/<image_id>/<layer>/<k>.npy   # cluster map at feature resolution, float32 in [0, 1]
+      maps/<image_id>/<layer>/<k>.png   # cluster map at image resolution, 8-bit grayscale
+      maps/<image_id>/<layer>/<k>_overlay.png   # the map over the image, for display
+
+``bundle.json``::
+
+    {
+      "schema": "featurelens.network-bundle", "version": 1, "created": ISO-8601,
+      "model": {"name": str, "input_size": [H, W]},
+      "target": {"kind": str, "description": str},
+      "class_names": [str, ...],          # candidate classes (the game's class list)
+      "params": {...},                    # every constant the pipeline used
+      "layers": [{"name": str, "channels": int, "feature_size": [h, w]}, ...],
+      "images": [{
+          "id": str, "file": "images/<id>.png", "source": str,
+          "width": int, "height": int,      # of the stored image (= model input size)
+          "true_class": str | null, "predicted_class": str, "predicted_index": int, "score": float,
+          "clusters": [{
+              "id": "<image_id>/<layer>/<k>", "layer": str, "index": int,
+              "channels": [int, ...], "weight": float,   # percent of the layer's total weight
+              "effect": float | null,                   # measured score drop when its region is deleted
+              "map_npy": str, "map_png": str, "overlay_png": str
+          }, ...]
+      }, ...]
+    }
+
+Paths are relative to the bundle folder and use ``/``. Cluster ids are stable: the same image id,
+layer name and cluster index always give the same id.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from featurelens.errors import BundleError
+
+SCHEMA = "featurelens.network-bundle"
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe version of ``text`` (layer names, image ids)."""
+    out = _SAFE.sub("_", text).strip("._")
+    return out or "x"
+
+
+@dataclass
+class Cluster:
+    id: str
+    layer: str
+    index: int
+    channels: list[int]
+    weight: float
+    effect: float | None
+    map_npy: str
+    map_png: str
+    overlay_png: str
+
+    @property
+    def size(self) -> int:
+        return len(self.channels)
+
+
+@dataclass
+class BundleImage:
+    id: str
+    file: str
+    source: str
+    width: int
+    height: int
+    true_class: str | None
+    predicted_class: str
+    predicted_index: int
+    score: float
+    clusters: list[Cluster] = field(default_factory=list)
+
+
+@dataclass
+class Layer:
+    name: str
+    channels: int
+    feature_size: list[int]
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle. ``root`` is the folder; paths inside are relative to it."""
+
+    root: Path
+    model: dict[str, Any]
+    target: dict[str, Any]
+    class_names: list[str]
+    params: dict[str, Any]
+    layers: list[Layer]
+    images: list[BundleImage]
+    created: str = ""
+    version: int = VERSION
+
+    # -- access helpers -------------------------------------------------
+    def image(self, image_id: str) -> BundleImage:
+        for im in self.images:
+            if im.id == image_id:
+                return im
+        raise BundleError(f"no image {image_id!r} in bundle {self.root}")
+
+    def cluster(self, cluster_id: str) -> Cluster:
+        for im in self.images:
+            for c in im.clusters:
+                if c.id == cluster_id:
+                    return c
+        raise BundleError(f"no cluster {cluster_id!r} in bundle {self.root}")
+
+    def clusters(self) -> list[tuple[BundleImage, Cluster]]:
+        return [(im, c) for im in self.images for c in im.clusters]
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def load_map(self, cluster: Cluster) -> np.ndarray:
+        """The cluster map at feature resolution (float32, [0, 1])."""
+        return np.load(self.path(cluster.map_npy))
+
+    def load_image_map(self, cluster: Cluster) -> np.ndarray:
+        """The cluster map at image resolution (float32, [0, 1])."""
+        with Image.open(self.path(cluster.map_png)) as im:
+            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "created": self.created,
+            "model": self.model,
+            "target": self.target,
+            "class_names": self.class_names,
+            "params": self.params,
+            "layers": [asdict(layer) for layer in self.layers],
+            "images": [asdict(im) for im in self.images],
+        }
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+def _req(obj: Any, key: str, types: type | tuple[type, ...], where: str, errors: list[str], nullable: bool = False) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        errors.append(f"{where}: missing key {key!r}")
+        return None
+    value = obj[key]
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        errors.append(f"{where}.{key}: expected {types}, got bool")
+        return None
+    if not isinstance(value, types):
+        errors.append(f"{where}.{key}: expected {getattr(types, '__name__', types)}, got {type(value).__name__}")
+        return None
+    return value
+
+
+def validate_dict(data: Any, root: Path | None = None, check_files: bool = True) -> list[str]:
+    """Return every problem found in a ``bundle.json`` dictionary (empty list = valid).
+
+    With ``root`` and ``check_files``, also checks that every referenced file exists.
+    An unknown schema or version is reported as the first and only problem.
+    """
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        return ["bundle.json: top level must be an object"]
+    if data.get("schema") != SCHEMA:
+        return [f"bundle.json: schema is {data.get('schema')!r}, expected {SCHEMA!r}"]
+    version = data.get("version")
+    if version not in SUPPORTED_VERSIONS:
+        return [
+            f"bundle.json: version {version!r} is not supported by this featurelens "
+            f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))})"
+        ]
+    model = _req(data, "model", dict, "bundle", errors)
+    if model is not None:
+        _req(model, "name", str, "model", errors)
+        size = _req(model, "input_size", list, "model", errors)
+        if size is not None and (len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size)):
+            errors.append("model.input_size: expected [H, W] of positive integers")
+    target = _req(data, "target", dict, "bundle", errors)
+    if target is not None:
+        _req(target, "kind", str, "target", errors)
+    class_names = _req(data, "class_names", list, "bundle", errors)
+    if class_names is not None and not all(isinstance(c, str) and c for c in class_names):
+        errors.append("class_names: every entry must be a non-empty string")
+    _req(data, "params", dict, "bundle", errors)
+    layers = _req(data, "layers", list, "bundle", errors) or []
+    layer_names: set[str] = set()
+    for i, layer in enumerate(layers):
+        where = f"layers[{i}]"
+        name = _req(layer, "name", str, where, errors)
+        if name is not None:
+            if name in layer_names:
+                errors.append(f"{where}.name: duplicate layer {name!r}")
+            layer_names.add(name)
+        _req(layer, "channels", int, where, errors)
+        _req(layer, "feature_size", list, where, errors)
+    images = _req(data, "images", list, "bundle", errors) or []
+    image_ids: set[str] = set()
+    cluster_ids: set[str] = set()
+    for i, im in enumerate(images):
+        where = f"images[{i}]"
+        image_id = _req(im, "id", str, where, errors)
+        if image_id is not None:
+            if image_id in image_ids:
+                errors.append(f"{where}.id: duplicate image id {image_id!r}")
+            image_ids.add(image_id)
+        files = [_req(im, "file", str, where, errors)]
+        _req(im, "source", str, where, errors)
+        _req(im, "width", int, where, errors)
+        _req(im, "height", int, where, errors)
+        _req(im, "true_class", str, where, errors, nullable=True)
+        _req(im, "predicted_class", str, where, errors)
+        _req(im, "predicted_index", int, where, errors)
+        score = _req(im, "score", (int, float), where, errors)
+        if score is not None and not math.isfinite(score):
+            errors.append(f"{where}.score: must be finite")
+        for j, c in enumerate(_req(im, "clusters", list, where, errors) or []):
+            cw = f"{where}.clusters[{j}]"
+            cid = _req(c, "id", str, cw, errors)
+            if cid is not None:
+                if cid in cluster_ids:
+                    errors.append(f"{cw}.id: duplicate cluster id {cid!r}")
+                cluster_ids.add(cid)
+            layer = _req(c, "layer", str, cw, errors)
+            if layer is not None and layer not in layer_names:
+                errors.append(f"{cw}.layer: {layer!r} is not among the bundle's layers")
+            _req(c, "index", int, cw, errors)
+            channels = _req(c, "channels", list, cw, errors)
+            if channels is not None and (not channels or not all(isinstance(k, int) and k >= 0 for k in channels)):
+                errors.append(f"{cw}.channels: expected a non-empty list of channel indices")
+            weight = _req(c, "weight", (int, float), cw, errors)
+            if weight is not None and not (math.isfinite(weight) and weight >= 0):
+                errors.append(f"{cw}.weight: must be a finite number >= 0")
+            effect = _req(c, "effect", (int, float), cw, errors, nullable=True)
+            if effect is not None and not math.isfinite(effect):
+                errors.append(f"{cw}.effect: must be finite or null")
+            files += [_req(c, key, str, cw, errors) for key in ("map_npy", "map_png", "overlay_png")]
+        if root is not None and check_files:
+            for rel in files:
+                if rel is not None and not (root / rel).is_file():
+                    errors.append(f"{where}: file {rel!r} is missing from the bundle")
+    return errors
+
+
+def _from_dict(data: dict[str, Any], root: Path) -> Bundle:
+    images = []
+    for im in data["images"]:
+        clusters = [Cluster(**{k: c[k] for k in Cluster.__dataclass_fields__}) for c in im["clusters"]]
+        fields = {k: im[k] for k in BundleImage.__dataclass_fields__ if k != "clusters"}
+        images.append(BundleImage(**fields, clusters=clusters))
+    return Bundle(
+        root=root,
+        model=data["model"],
+        target=data["target"],
+        class_names=list(data["class_names"]),
+        params=data["params"],
+        layers=[Layer(**{k: layer[k] for k in Layer.__dataclass_fields__}) for layer in data["layers"]],
+        images=images,
+        created=data.get("created", ""),
+        version=data["version"],
+    )
+
+
+def load_bundle(path: str | Path, check_files: bool = True) -> Bundle:
+    """Load and validate a bundle folder (or its ``bundle.json``); raise :class:`BundleError`."""
+    path = Path(path)
+    manifest = path if path.name == "bundle.json" else path / "bundle.json"
+    if not manifest.is_file():
+        raise BundleError(f"{path} is not an explanation bundle (no bundle.json found)")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {manifest}: {exc}") from None
+    errors = validate_dict(data, manifest.parent, check_files=check_files)
+    if errors:
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise BundleError(f"invalid bundle {manifest.parent}: " + "; ".join(errors[:5]) + more)
+    return _from_dict(data, manifest.parent)
+
+
+def validate_bundle(path: str | Path) -> list[str]:
+    """Every problem of the bundle at ``path`` as a list of messages (empty = valid)."""
+    path = Path(path)
+    manifest = path if path.name == "bundle.json" else path / "bundle.json"
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{path}: no bundle.json"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"{manifest}: {exc}"]
+    return validate_dict(data, manifest.parent)
+
+
+# ---------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+class BundleWriter:
+    """Write a bundle folder step by step; :meth:`close` writes ``bundle.json`` atomically.
+
+    >>> w = BundleWriter(out, model={"name": "m", "input_size": [224, 224]},
+    ...                  target={"kind": "predicted-class", "description": "top-1 logit"},
+    ...                  class_names=["cat", "dog"], params={})
+    >>> w.add_layer("blocks.12", channels=112, feature_size=(14, 14))
+    >>> img_id = w.add_image(rgb_uint8, source="cat.jpg", predicted_class="cat", predicted_index=0, score=9.1)
+    >>> w.add_cluster(img_id, "blocks.12", channels=[3, 7], weight=41.0, feature_map=m, image_map=M)
+    >>> bundle = w.close()
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        model: dict[str, Any],
+        target: dict[str, Any],
+        class_names: list[str],
+        params: dict[str, Any],
+        overlay_alpha: float = 0.5,
+        colormap: str = "jet",
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if (self.root / "bundle.json").exists():
+            # never mix a new bundle with the files of an old one
+            raise BundleError(f"{self.root} already holds a bundle; choose an empty output folder")
+        self.bundle = Bundle(
+            root=self.root,
+            model=dict(model),
+            target=dict(target),
+            class_names=list(class_names),
+            params=dict(params),
+            layers=[],
+            images=[],
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        )
+        self._images: dict[str, BundleImage] = {}
+        self._rgb: dict[str, np.ndarray] = {}
+        self.overlay_alpha = overlay_alpha
+        self.colormap = colormap
+
+    def add_layer(self, name: str, channels: int, feature_size: tuple[int, int] | list[int]) -> None:
+        if any(layer.name == name for layer in self.bundle.layers):
+            return
+        self.bundle.layers.append(Layer(name=name, channels=int(channels), feature_size=[int(s) for s in feature_size]))
+
+    def add_image(
+        self,
+        rgb: np.ndarray,
+        *,
+        source: str,
+        predicted_class: str,
+        predicted_index: int,
+        score: float,
+        true_class: str | None = None,
+        image_id: str | None = None,
+    ) -> str:
+        """Store the image (H×W×3 uint8, as the model saw it) and return its id."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise BundleError("add_image expects an H×W×3 uint8 RGB array")
+        image_id = safe_name(image_id or f"img{len(self.bundle.images):04d}")
+        if image_id in self._images:
+            raise BundleError(f"duplicate image id {image_id!r}")
+        rel = f"images/{image_id}.png"
+        (self.root / "images").mkdir(exist_ok=True)
+        Image.fromarray(rgb).save(self.root / rel)
+        im = BundleImage(
+            id=image_id,
+            file=rel,
+            source=str(source),
+            width=int(rgb.shape[1]),
+            height=int(rgb.shape[0]),
+            true_class=true_class,
+            predicted_class=str(predicted_class),
+            predicted_index=int(predicted_index),
+            score=float(score),
+        )
+        self.bundle.images.append(im)
+        self._images[image_id] = im
+        self._rgb[image_id] = rgb
+        return image_id
+
+    def add_cluster(
+        self,
+        image_id: str,
+        layer: str,
+        *,
+        channels: list[int],
+        weight: float,
+        feature_map: np.ndarray,
+        image_map: np.ndarray,
+        effect: float | None = None,
+        index: int | None = None,
+    ) -> Cluster:
+        """Store one cluster: its maps (both in [0, 1]) and an overlay; return the record."""
+        from featurelens.imaging import overlay  # local import: imaging is a sibling layer
+
+        if image_id not in self._images:
+            raise BundleError(f"unknown image id {image_id!r}; call add_image first")
+        if not any(lay.name == layer for lay in self.bundle.layers):
+            raise BundleError(f"unknown layer {layer!r}; call add_layer first")
+        im = self._images[image_id]
+        if index is None:
+            index = sum(1 for c in im.clusters if c.layer == layer)
+        image_map = np.asarray(image_map, dtype=np.float32)
+        if image_map.shape != (im.height, im.width):
+            raise BundleError(f"image_map has shape {image_map.shape}, expected {(im.height, im.width)}")
+        folder = f"maps/{image_id}/{safe_name(layer)}"
+        (self.root / folder).mkdir(parents=True, exist_ok=True)
+        npy, png, ov = f"{folder}/{index}.npy", f"{folder}/{index}.png", f"{folder}/{index}_overlay.png"
+        np.save(self.root / npy, np.asarray(feature_map, dtype=np.float32))
+        Image.fromarray(_to_uint8(image_map), mode="L").save(self.root / png)
+        Image.fromarray(overlay(self._rgb[image_id], image_map, alpha=self.overlay_alpha, colormap=self.colormap)).save(
+            self.root / ov
+        )
+        cluster = Cluster(
+            id=f"{image_id}/{layer}/{index}",
+            layer=layer,
+            index=int(index),
+            channels=[int(k) for k in channels],
+            weight=float(weight),
+            effect=None if effect is None else float(effect),
+            map_npy=npy,
+            map_png=png,
+            overlay_png=ov,
+        )
+        im.clusters.append(cluster)
+        return cluster
+
+    def close(self) -> Bundle:
+        data = self.bundle.to_dict()
+        errors = validate_dict(data, self.root)
+        if errors:
+            raise BundleError("refusing to write an invalid bundle: " + "; ".join(errors[:5]))
+        tmp = self.root / "bundle.json.tmp"
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        tmp.replace(self.root / "bundle.json")
+        return self.bundle
