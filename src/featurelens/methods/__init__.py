@@ -10,14 +10,26 @@ from featurelens.methods.base import (
     register,
     weighted_sum,
 )
+from featurelens.methods.cam import CAM
 from featurelens.methods.gradcam import GradCAM
+from featurelens.methods.gradcampp import GradCAMPlusPlus
+from featurelens.methods.hirescam import HiResCAM
+from featurelens.methods.layercam import LayerCAM
+from featurelens.methods.scorecam import ScoreCAM
+from featurelens.methods.xgradcam import XGradCAM
 
 __all__ = [
+    "CAM",
     "METHODS",
     "GradCAM",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
     "LayerState",
     "Method",
     "MethodContext",
+    "ScoreCAM",
+    "XGradCAM",
     "get_method",
     "method_names",
     "register",

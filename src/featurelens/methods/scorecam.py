@@ -1,0 +1,135 @@
+"""Score-CAM, exact and fast (top-N channels), chunked so that peak memory is bounded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from featurelens.errors import MethodError
+from featurelens.methods.base import LayerState, Method, MethodContext, register
+
+Selection = Literal["activation", "gradient"]
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the extra forwards (batch norm must not mix masked copies); restored after."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def channel_masks(activation: Tensor, size: tuple[int, int]) -> Tensor:
+    """``[n, h, w]`` activation maps → ``[n, H, W]`` masks: bilinear upsampling to ``size`` then
+    min-max normalisation of each mask to [0, 1] (a constant channel gives an all-zero mask)."""
+    up = F.interpolate(activation[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    flat = up.flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    span = hi - lo
+    out = torch.where(span > 1e-12, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
+    return out.view_as(up)
+
+
+@register
+class ScoreCAM(Method):
+    """Score-CAM (Wang et al., "Score-CAM: Score-Weighted Visual Explanations for CNNs", CVPR-W 2020,
+    arXiv 1910.01279).
+
+    Each channel ``A_k`` becomes a mask ``M_k = norm(up(A_k))`` (bilinear upsampling to the input
+    size, min-max normalised to [0, 1]); the channel's weight is the softmax probability of the
+    explained class ``c`` (fixed per sample) on the masked input:
+
+        ``w_k = softmax(f(X ⊙ M_k))_c``;  ``L = ReLU(Σ_k w_k A_k)``
+
+    No gradient is used. For a custom target callable without class indices, ``w_k`` is the
+    target's own score of the masked input's output.
+
+    Args:
+        batch_size: masked copies per forward pass; peak memory grows with it, not with ``K``.
+        top_n: fast mode: score only the ``top_n`` channels ranked by ``select``; the other
+            channels get weight 0. ``None`` (default) scores every channel (exact Score-CAM).
+        select: ``"activation"`` ranks channels by activation mass ``Σ_ij A_k[i, j]``;
+            ``"gradient"`` by the Grad-CAM weight ``mean_ij ∂y/∂A_k[i, j]`` (needs a backward pass).
+
+    All channels whose activation is constant share one all-zero mask; its score is computed once.
+    """
+
+    name = "scorecam"
+    aliases = ("score-cam",)
+    needs_gradients = False
+    reference = "Wang et al., Score-CAM, CVPR Workshops 2020"
+
+    def __init__(self, batch_size: int = 32, top_n: int | None = None, select: Selection = "activation") -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise MethodError(f"Score-CAM batch_size must be a positive integer, got {batch_size!r}")
+        if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
+            raise MethodError(f"Score-CAM top_n must be a positive integer or None, got {top_n!r}")
+        if select not in ("activation", "gradient"):
+            raise MethodError(f"Score-CAM select must be 'activation' or 'gradient', got {select!r}")
+        self.batch_size = batch_size
+        self.top_n = top_n
+        self.select = select
+        # instance attribute: the Explainer asks for gradients only when the ranking needs them
+        self.needs_gradients = top_n is not None and select == "gradient"  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"ScoreCAM(batch_size={self.batch_size}, top_n={self.top_n}, select={self.select!r})"
+
+    def selected_channels(self, layer: LayerState) -> Tensor:
+        """``[B, N]`` indices of the channels to score (all ``K`` in exact mode)."""
+        a = layer.activation
+        batch, k = a.shape[:2]
+        if self.top_n is None or self.top_n >= k:
+            return torch.arange(k, device=a.device).expand(batch, k)
+        if self.select == "gradient":
+            if layer.gradient is None:
+                raise MethodError("Score-CAM with select='gradient' needs the layer's gradient")
+            rank = layer.gradient.mean(dim=(2, 3))
+        else:
+            rank = a.sum(dim=(2, 3))
+        return rank.topk(self.top_n, dim=1).indices
+
+    def _scores(self, out: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
+        if cls is not None:
+            return torch.softmax(out.float(), dim=1)[:, cls]
+        from featurelens.targets import evaluate_target
+
+        return evaluate_target(ctx.target, out, out.shape[0]).float()
+
+    def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
+        a = layer.activation
+        x = ctx.inputs
+        if x.shape[0] != a.shape[0]:
+            raise MethodError(f"Score-CAM: {x.shape[0]} inputs for {a.shape[0]} activations")
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        batch, k = a.shape[:2]
+        chosen = self.selected_channels(layer)
+        weights = torch.zeros(batch, k, device=a.device, dtype=torch.float32)
+        with _eval_mode(ctx.model), torch.no_grad():
+            for b in range(batch):
+                cls = None if ctx.target_indices is None else int(ctx.target_indices[b])
+                chans = chosen[b]
+                acts = a[b, chans]
+                flat = acts.flatten(1)
+                constant = flat.amax(dim=1) == flat.amin(dim=1)
+                varying = chans[~constant]
+                if bool(constant.any()):
+                    # every constant channel has the all-zero mask: one forward for all of them
+                    out = ctx.model(torch.zeros_like(x[b : b + 1]))
+                    weights[b, chans[constant]] = self._scores(out, cls, ctx)[0]
+                for start in range(0, varying.numel(), self.batch_size):
+                    idx = varying[start : start + self.batch_size]
+                    masks = channel_masks(a[b, idx], size).to(x.dtype)
+                    out = ctx.model(x[b : b + 1] * masks[:, None])
+                    weights[b, idx] = self._scores(out, cls, ctx)
+        return weights
