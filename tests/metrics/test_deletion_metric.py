@@ -45,7 +45,9 @@ def slow_curve(score_fn, inputs, maps, steps, mode, baseline):
                 x = torch.where(chosen, inputs[i], base[i])
             scores[i, k] = score_fn(x[None], torch.tensor([i]))[0]
     fr = torch.tensor([(k * p) // steps / p for k in range(steps + 1)])
-    auc = torch.tensor([sum((fr[k + 1] - fr[k]) * (s[k] + s[k + 1]) / 2 for k in range(steps)) for s in scores])
+    auc = torch.tensor(
+        [sum((fr[k + 1] - fr[k]) * (s[k] + s[k + 1]) / 2 for k in range(steps)) for s in scores]
+    )
     return scores, auc
 
 
@@ -71,8 +73,14 @@ def test_ideal_map_best_reversed_worst(region, positive_inputs):
     reverse = -ideal
     torch.manual_seed(1)
     candidates = {"ideal": ideal, "reverse": reverse, **{f"rand{i}": torch.rand(4, 16, 16) for i in range(5)}}
-    dele = {k: deletion_curve(score, positive_inputs, m, steps=16, baseline="constant").auc for k, m in candidates.items()}
-    ins = {k: deletion_curve(score, positive_inputs, m, steps=16, mode="insertion", baseline="constant").auc for k, m in candidates.items()}
+    dele = {
+        k: deletion_curve(score, positive_inputs, m, steps=16, baseline="constant").auc
+        for k, m in candidates.items()
+    }
+    ins = {
+        k: deletion_curve(score, positive_inputs, m, steps=16, mode="insertion", baseline="constant").auc
+        for k, m in candidates.items()
+    }
     for k in candidates:
         assert torch.all(dele["ideal"] <= dele[k] + 1e-6)
         assert torch.all(dele["reverse"] >= dele[k] - 1e-6)

@@ -2,9 +2,17 @@
 
 Every metric takes a *score function* ``score_fn(x[N, C, H, W], index[N]) -> [N]`` (what is being
 explained; see :mod:`featurelens.metrics.scoring`) and either precomputed maps ``[B, H, W]`` or an
-explanation function ``explain_fn(inputs) -> maps[B, H, W]``.
+explanation function ``explain_fn(inputs) -> maps[B, H, W]`` (see :func:`evaluate_maps`).
+
+* :func:`deletion_curve` / :func:`insertion_curve` – RISE deletion and insertion AUC, batched;
+* :func:`average_drop_increase` – Average Drop and Increase in Confidence (Grad-CAM++);
+* :func:`pointing_game`, :func:`energy_pointing_game` – localisation against boxes or masks;
+* :func:`model_randomisation_check` – cascading parameter randomisation (Adebayo et al.);
+* :func:`random_maps`, :func:`centre_gaussian_maps` – baselines that every table includes.
 """
 
+from featurelens.metrics.baselines import centre_gaussian_maps, random_maps
+from featurelens.metrics.confidence import ConfidenceResult, average_drop_increase, keep_explained
 from featurelens.metrics.deletion import (
     Curve,
     deletion_curve,
@@ -14,6 +22,15 @@ from featurelens.metrics.deletion import (
     make_baseline,
     pixel_ranks,
 )
+from featurelens.metrics.evaluate import (
+    METRICS,
+    EvaluationTable,
+    MethodScores,
+    evaluate_maps,
+    resolve_metrics,
+)
+from featurelens.metrics.pointing import PointingResult, boxes_to_masks, energy_pointing_game, pointing_game
+from featurelens.metrics.sanity import SanityResult, model_randomisation_check, randomisation_stages, spearman
 from featurelens.metrics.scoring import (
     MetricError,
     ScoreFn,
@@ -23,16 +40,34 @@ from featurelens.metrics.scoring import (
 )
 
 __all__ = [
+    "METRICS",
+    "ConfidenceResult",
     "Curve",
+    "EvaluationTable",
+    "MethodScores",
     "MetricError",
+    "PointingResult",
+    "SanityResult",
     "ScoreFn",
+    "average_drop_increase",
+    "boxes_to_masks",
+    "centre_gaussian_maps",
     "class_score_fn",
     "deletion_curve",
+    "energy_pointing_game",
+    "evaluate_maps",
     "expected_forward_passes",
     "gaussian_blur",
     "insertion_curve",
+    "keep_explained",
     "make_baseline",
+    "model_randomisation_check",
     "pixel_ranks",
+    "pointing_game",
+    "random_maps",
+    "randomisation_stages",
+    "resolve_metrics",
     "score_inputs",
     "similarity_score_fn",
+    "spearman",
 ]

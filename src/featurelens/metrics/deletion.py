@@ -199,7 +199,9 @@ def insertion_curve(
     batch_size: int = 64,
 ) -> Curve:
     """:func:`deletion_curve` with ``mode="insertion"``."""
-    return deletion_curve(score_fn, inputs, maps, steps=steps, mode="insertion", baseline=baseline, batch_size=batch_size)
+    return deletion_curve(
+        score_fn, inputs, maps, steps=steps, mode="insertion", baseline=baseline, batch_size=batch_size
+    )
 
 
 def expected_forward_passes(n_samples: int, steps: int, batch_size: int) -> int:

@@ -113,5 +113,7 @@ def check_scores(scores: Tensor, n: int) -> Tensor:
     if scores.ndim == 0 and n == 1:
         scores = scores.reshape(1)
     if scores.ndim != 1 or scores.shape[0] != n:
-        raise MetricError(f"a score function must return one score per row ([{n}]), got {tuple(scores.shape)}")
+        raise MetricError(
+            f"a score function must return one score per row ([{n}]), got {tuple(scores.shape)}"
+        )
     return scores.detach().float()
