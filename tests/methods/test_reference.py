@@ -67,7 +67,10 @@ def spatial_sum(m: list[list[float]]) -> float:
 
 
 def ref_gradcam(a, g, model, classes):
-    w = [[spatial_sum(g[b][k]) / (len(g[b][k]) * len(g[b][k][0])) for k in range(len(g[b]))] for b in range(len(g))]
+    w = [
+        [spatial_sum(g[b][k]) / (len(g[b][k]) * len(g[b][k][0])) for k in range(len(g[b]))]
+        for b in range(len(g))
+    ]
     return combine(a, w), torch.tensor(w, dtype=torch.float64)
 
 
@@ -280,7 +283,9 @@ def test_scorecam_fast_mode_activation_mass(strided):
     mass = acts["a"].sum(dim=(2, 3)).tolist()
     top = [sorted(range(7), key=lambda k: -mass[b][k])[:3] for b in range(2)]
     ref_map, ref_w = ref_scorecam(strided, x, "relu2", classes, channels=top)
-    exp = Explainer(strided, "relu2").explain(x, "scorecam", method_options={"scorecam": {"top_n": 3, "batch_size": 2}})
+    exp = Explainer(strided, "relu2").explain(
+        x, "scorecam", method_options={"scorecam": {"top_n": 3, "batch_size": 2}}
+    )
     w = exp.weights["relu2"].double()
     assert [(w[b] != 0).nonzero().flatten().tolist() for b in range(2)] == [sorted(t) for t in top]
     assert torch.allclose(w, ref_w, atol=1e-6)
@@ -332,8 +337,15 @@ def test_scorecam_bad_options(options):
 
 @pytest.mark.parametrize(
     ("alias", "name"),
-    [("Grad-CAM++", "gradcampp"), ("XGrad_CAM", "xgradcam"), ("layer-cam", "layercam"), ("HiResCAM", "hirescam"),
-     ("Score-CAM", "scorecam"), ("CAM", "cam"), ("grad-cam", "gradcam")],
+    [
+        ("Grad-CAM++", "gradcampp"),
+        ("XGrad_CAM", "xgradcam"),
+        ("layer-cam", "layercam"),
+        ("HiResCAM", "hirescam"),
+        ("Score-CAM", "scorecam"),
+        ("CAM", "cam"),
+        ("grad-cam", "gradcam"),
+    ],
 )
 def test_method_lookup_by_alias(alias, name):
     assert get_method(alias).name == name

@@ -49,7 +49,9 @@ class CAM(Method):
         else:
             _, linear = find_classifier(ctx.model, channels)
         if ctx.target_indices is None:
-            raise MethodError("CAM explains a class: use a class target (an index, a list, or the predicted class)")
+            raise MethodError(
+                "CAM explains a class: use a class target (an index, a list, or the predicted class)"
+            )
         idx = ctx.target_indices.to(linear.weight.device)
         if int(idx.max()) >= linear.out_features:
             raise NoClassifierHeadError(

@@ -69,7 +69,9 @@ class ScoreCAM(Method):
     needs_gradients = False
     reference = "Wang et al., Score-CAM, CVPR Workshops 2020"
 
-    def __init__(self, batch_size: int = 32, top_n: int | None = None, select: Selection = "activation") -> None:
+    def __init__(
+        self, batch_size: int = 32, top_n: int | None = None, select: Selection = "activation"
+    ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise MethodError(f"Score-CAM batch_size must be a positive integer, got {batch_size!r}")
         if top_n is not None and (not isinstance(top_n, int) or top_n < 1):

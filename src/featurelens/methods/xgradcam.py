@@ -29,4 +29,6 @@ class XGradCAM(Method):
         total = a.sum(dim=(2, 3))
         num = (a * g).sum(dim=(2, 3))
         safe = total != 0
-        return torch.where(safe, num / torch.where(safe, total, torch.ones_like(total)), torch.zeros_like(num))
+        return torch.where(
+            safe, num / torch.where(safe, total, torch.ones_like(total)), torch.zeros_like(num)
+        )
