@@ -1,0 +1,141 @@
+"""Grouping a class's labels and naming each group by a representative word.
+
+Grouping: agglomerative clustering of the unique normalised label texts on cosine distance
+``d(a, b) = 1 − a·b / (‖a‖‖b‖)`` with complete linkage (the distance of two groups is the largest
+distance between their members). The number of groups k maximises the mean silhouette
+``s(i) = (b_i − a_i) / max(a_i, b_i)`` over k = 2 … min(n − 1, max_k) (Rousseeuw 1987). Silhouette
+cannot score k = 1 or k = n, so tiny or tight sets are decided by a distance: when the complete-linkage
+diameter of all n labels is at most ``single_group_distance``, they form one group; for n = 2 the
+pair is one group if closer than that, else two.
+
+Representative word (after the paper): among the single non-stop-words w of the group's labels, the one
+maximising ``Σ_labels count(l) · cos(e(w), e(l))``, i.e. the word whose embedding is closest in total to
+the group's labels; it is then lemmatised (lemminflect, offline) so that "ears" and "ear" name the same
+concept. Groups of one class that end up with the same representative are merged into one concept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.spatial.distance import pdist
+from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+from sklearn.metrics import silhouette_score
+
+from featurelens.labels.embed import Embedder, unit_rows
+
+_WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
+
+#: extra words that never name a visual concept (added to scikit-learn's English stop words)
+EXTRA_STOP_WORDS: frozenset[str] = frozenset({"like", "looks", "look", "thing", "things", "part", "parts", "stuff"})
+
+
+@dataclass(frozen=True)
+class GroupParams:
+    """Every constant of grouping and naming."""
+
+    linkage: str = "complete"
+    max_k: int | None = None  # upper bound of k searched by silhouette (None: n - 1)
+    single_group_distance: float = 0.4  # cosine distance under which a whole (tiny) set is one group
+    min_word_length: int = 2  # shorter words are never representatives
+    stop_words: frozenset[str] = field(default_factory=lambda: frozenset(ENGLISH_STOP_WORDS) | EXTRA_STOP_WORDS)
+    lemmatise: bool = True
+
+
+def cluster_embeddings(emb: np.ndarray, params: GroupParams | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Group assignments (0-based, ordered by first appearance) and the silhouette per k tried."""
+    p = params or GroupParams()
+    n = len(emb)
+    if n == 0:
+        return np.zeros(0, dtype=int), {}
+    if n == 1:
+        return np.zeros(1, dtype=int), {}
+    x = unit_rows(emb)
+    dist = np.clip(pdist(x, metric="cosine"), 0.0, 2.0)
+    if n == 2 or float(dist.max()) <= p.single_group_distance:
+        if float(dist.max()) <= p.single_group_distance:
+            return np.zeros(n, dtype=int), {}
+        return np.arange(n, dtype=int), {}
+    z = linkage(dist, method=p.linkage)
+    from scipy.spatial.distance import squareform
+
+    square = squareform(dist)
+    kmax = min(n - 1, p.max_k or n - 1)
+    best_k, best_s, best_assign = 0, -np.inf, None
+    scores: dict[str, float] = {}
+    for k in range(2, kmax + 1):
+        assign = fcluster(z, t=k, criterion="maxclust")
+        m = len(np.unique(assign))
+        if m < 2 or m >= n:
+            continue
+        s = float(silhouette_score(square, assign, metric="precomputed"))
+        scores[str(k)] = s
+        if s > best_s + 1e-12:
+            best_k, best_s, best_assign = k, s, assign
+    if best_assign is None:
+        return np.arange(n, dtype=int), scores
+    del best_k
+    return _renumber(best_assign), scores
+
+
+def _renumber(assign: np.ndarray) -> np.ndarray:
+    order: dict[int, int] = {}
+    out = np.empty(len(assign), dtype=int)
+    for i, a in enumerate(assign):
+        out[i] = order.setdefault(int(a), len(order))
+    return out
+
+
+def candidate_words(texts: Sequence[str], params: GroupParams | None = None) -> list[str]:
+    """The distinct single non-stop-words of ``texts`` (first-seen order)."""
+    p = params or GroupParams()
+    seen: dict[str, None] = {}
+    for t in texts:
+        for w in _WORD.findall(t):
+            w = w.strip("'-")
+            if len(w) >= p.min_word_length and w not in p.stop_words and not w.isdigit():
+                seen.setdefault(w, None)
+    return list(seen)
+
+
+def lemma(word: str) -> str:
+    """The noun lemma of ``word`` (lemminflect), or the word itself when none is known."""
+    try:
+        from lemminflect import getLemma
+    except ImportError:  # pragma: no cover - declared dependency
+        return word
+    if "-" in word:
+        head, _, last = word.rpartition("-")
+        return f"{head}-{lemma(last)}"
+    found = getLemma(word, upos="NOUN")
+    return found[0] if found else word
+
+
+def representative_word(
+    texts: Sequence[str],
+    counts: Sequence[int],
+    embedder: Embedder,
+    params: GroupParams | None = None,
+) -> tuple[str, str]:
+    """(lemmatised representative, the word as players wrote it) of one group of label texts.
+
+    The chosen word maximises Σ_l count(l)·cos(e(word), e(l)); ties go to the word seen first.
+    A group whose labels hold no candidate word is named by its most frequent label text.
+    """
+    p = params or GroupParams()
+    words = candidate_words(texts, p)
+    if not words:
+        best = max(zip(counts, range(len(texts))), key=lambda ci: (ci[0], -ci[1]))[1]
+        return texts[best], texts[best]
+    if len(words) == 1:
+        chosen = words[0]
+    else:
+        we = unit_rows(embedder.encode(list(words)))
+        le = unit_rows(embedder.encode(list(texts)))
+        total = (we @ le.T) @ np.asarray(counts, dtype=np.float64)
+        chosen = words[int(np.argmax(total))]
+    return (lemma(chosen) if p.lemmatise else chosen), chosen
