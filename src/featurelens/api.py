@@ -78,7 +78,8 @@ class Explainer:
         with Capture(self.model, names, gradients=need_grad) as cap:
             out = cap.forward(inputs)
             if need_grad:
-                scores = evaluate_target(tgt, out, batch)
+                with torch.enable_grad():  # the caller may be inside torch.no_grad()
+                    scores = evaluate_target(tgt, out, batch)
                 grads = cap.gradients(scores)
             else:
                 with torch.no_grad():

@@ -162,7 +162,8 @@ class Capture:
                     f"layer {name!r} returns {type(output).__name__}, not a tensor; choose a layer with a tensor output"
                 )
             if not torch.is_grad_enabled() or not self.want_gradients:
-                self.activations[name].append(output.detach())
+                # a copy: an in-place op downstream (ReLU(inplace=True)) would overwrite `output`
+                self.activations[name].append(output.detach().clone())
                 return None
             act = output if output.requires_grad else output.detach().requires_grad_(True)
             self.activations[name].append(act)
@@ -252,7 +253,8 @@ def capture(
         out = cap.forward(inputs)
         if not gradients:
             return Captured(output=out.detach(), scores=None, activations=cap.activations)
-        scores = evaluate_target(as_target(target), out, batch=inputs.shape[0])
+        with torch.enable_grad():  # the caller may be inside torch.no_grad()
+            scores = evaluate_target(as_target(target), out, batch=inputs.shape[0])
         grads = cap.gradients(scores)
         acts = {n: [a.detach() for a in calls] for n, calls in cap.activations.items()}
     return Captured(output=out.detach(), scores=scores.detach(), activations=acts, gradients=grads)
