@@ -18,6 +18,8 @@ from featurelens.errors import FeaturelensError
 #: modules of featurelens.cli that register sub-commands, in help order
 COMMAND_MODULES = [
     "explain",
+    "inspect_cmd",
+    "demo_cmd",
 ]
 
 
