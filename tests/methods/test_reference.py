@@ -349,3 +349,17 @@ def test_scorecam_bad_options(options):
 )
 def test_method_lookup_by_alias(alias, name):
     assert get_method(alias).name == name
+
+
+def test_scorecam_fast_flag_and_top_n_beyond_channels(strided):
+    from featurelens.methods.scorecam import DEFAULT_TOP_N
+
+    assert get_method("scorecam", fast=True).top_n == DEFAULT_TOP_N
+    assert get_method("scorecam", fast=True, top_n=5).top_n == 5
+    assert get_method("scorecam").top_n is None and not get_method("scorecam").needs_gradients
+    torch.manual_seed(9)
+    x = torch.randn(2, 3, 13, 11)
+    ex = Explainer(strided, "relu2")
+    exact = ex.explain(x, "scorecam")
+    wide = ex.explain(x, "scorecam", method_options={"scorecam": {"top_n": 50}})  # more than 7 channels
+    assert torch.allclose(exact.weights["relu2"], wide.weights["relu2"])

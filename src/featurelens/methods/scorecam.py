@@ -15,6 +15,9 @@ from featurelens.methods.base import LayerState, Method, MethodContext, register
 
 Selection = Literal["activation", "gradient"]
 
+#: channels scored by the fast mode (``fast=True``); chosen from ``benchmarks/bench_cam.py``
+DEFAULT_TOP_N = 64
+
 
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
@@ -58,6 +61,7 @@ class ScoreCAM(Method):
         batch_size: masked copies per forward pass; peak memory grows with it, not with ``K``.
         top_n: fast mode: score only the ``top_n`` channels ranked by ``select``; the other
             channels get weight 0. ``None`` (default) scores every channel (exact Score-CAM).
+        fast: shorthand for ``top_n=DEFAULT_TOP_N`` when ``top_n`` is not given.
         select: ``"activation"`` ranks channels by activation mass ``Σ_ij A_k[i, j]``;
             ``"gradient"`` by the Grad-CAM weight ``mean_ij ∂y/∂A_k[i, j]`` (needs a backward pass).
 
@@ -70,8 +74,14 @@ class ScoreCAM(Method):
     reference = "Wang et al., Score-CAM, CVPR Workshops 2020"
 
     def __init__(
-        self, batch_size: int = 32, top_n: int | None = None, select: Selection = "activation"
+        self,
+        batch_size: int = 32,
+        top_n: int | None = None,
+        select: Selection = "activation",
+        fast: bool = False,
     ) -> None:
+        if fast and top_n is None:
+            top_n = DEFAULT_TOP_N
         if not isinstance(batch_size, int) or batch_size < 1:
             raise MethodError(f"Score-CAM batch_size must be a positive integer, got {batch_size!r}")
         if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
