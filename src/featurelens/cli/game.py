@@ -1,0 +1,184 @@
+"""``featurelens game``: import a bundle as a campaign, serve the labelling game, export its labels.
+
+    featurelens game import BUNDLE --campaign NAME [--database-url URL] [--gold gold.json]
+    featurelens game serve [--database-url URL] [--host 127.0.0.1] [--port 8000] [--workers N]
+    featurelens game export --campaign NAME --out labels.csv|labels.jsonl [--database-url URL]
+    featurelens game progress --campaign NAME
+
+The database defaults to ``$FEATURELENS_GAME_DATABASE_URL`` or the SQLite file ``featurelens-game.sqlite3``.
+``import``/``export``/``progress`` work on the database directly, or through a running server's admin API
+with ``--server URL`` (then the admin token is needed). The admin token comes from ``--admin-token`` or
+``$FEATURELENS_ADMIN_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from featurelens.errors import FeaturelensError
+
+DEFAULT_DB = "featurelens-game.sqlite3"
+
+
+def _db_url(args: argparse.Namespace) -> str:
+    return args.database_url or os.environ.get("FEATURELENS_GAME_DATABASE_URL") or DEFAULT_DB
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    return args.admin_token or os.environ.get("FEATURELENS_ADMIN_TOKEN") or None
+
+
+def _database(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from featurelens.game.db import Database, make_engine, migrate
+
+    engine = make_engine(_db_url(args))
+    migrate(engine)
+    return Database(engine)
+
+
+def _admin(args: argparse.Namespace, method: str, path: str, **kw):  # type: ignore[no-untyped-def]
+    import httpx
+
+    token = _token(args)
+    if not token:
+        raise FeaturelensError("--server needs the admin token (--admin-token or FEATURELENS_ADMIN_TOKEN)")
+    try:
+        r = httpx.request(method, args.server.rstrip("/") + path, headers={"Authorization": f"Bearer {token}"},
+                          timeout=600, **kw)
+    except httpx.HTTPError as exc:
+        raise FeaturelensError(f"cannot reach {args.server}: {exc}") from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise FeaturelensError(f"server answered {r.status_code}: {detail}")
+    return r
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from featurelens.game import store
+
+    gold = store.load_gold(args.gold) if args.gold else None
+    if args.server:
+        body = {"bundle": str(Path(args.bundle).resolve()), "campaign": args.campaign, "gold": gold}
+        data = _admin(args, "POST", "/api/admin/import", json=body).json()
+        print(f"imported campaign {data['campaign']!r}: {data['images']} images, {data['maps']} maps "
+              f"({data['gold_maps']} gold)")
+        return 0
+    s = store.import_bundle(_database(args), args.bundle, args.campaign, gold=gold)
+    print(f"imported campaign {s.campaign!r}: {s.images} images, {s.maps} maps ({s.gold_maps} gold), "
+          f"{len(s.class_names)} classes")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from featurelens.game import store
+
+    out = Path(args.out)
+    if args.server:
+        fmt = {".csv": "csv", ".jsonl": "jsonl"}.get(out.suffix.lower())
+        if fmt is None:
+            raise FeaturelensError(f"{out}: the export file must end in .csv or .jsonl")
+        r = _admin(args, "GET", f"/api/admin/campaigns/{args.campaign}/export", params={"format": fmt})
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(r.text, encoding="utf-8")
+        print(f"wrote {out}")
+        return 0
+    n = store.export_file(_database(args), args.campaign, out)
+    print(f"wrote {n} label rows to {out}")
+    return 0
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    from featurelens.game import store
+
+    if args.server:
+        data = _admin(args, "GET", f"/api/admin/campaigns/{args.campaign}/progress").json()
+    else:
+        data = store.progress(_database(args), args.campaign)
+    print(json.dumps(data, indent=1))
+    return 0
+
+
+def _parse_rate(text: str) -> str:
+    if text.lower() in ("off", "none"):
+        return "off"
+    n, _, w = text.partition("/")
+    try:
+        if int(n) <= 0 or float(w or 60) <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected N/SECONDS (e.g. 30/60) or off") from None
+    return text
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from featurelens.game.db import make_engine, migrate
+
+    url = _db_url(args)
+    engine = make_engine(url)
+    migrate(engine)  # once, before the workers start
+    engine.dispose()
+    token = _token(args)
+    os.environ.update({
+        "FEATURELENS_GAME_DATABASE_URL": url,
+        "FEATURELENS_GAME_RATE_LIMIT": args.rate_limit,
+        "FEATURELENS_GAME_GOLD_RATE": str(args.gold_rate),
+        "FEATURELENS_GAME_MIGRATE": "0",
+    })
+    if token:
+        os.environ["FEATURELENS_ADMIN_TOKEN"] = token
+    else:
+        print("featurelens: no admin token given: admin endpoints are disabled", file=sys.stderr)
+    uvicorn.run("featurelens.game.app:app_from_env", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("game", help="the labelling game: import a bundle, serve, export labels",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="game_command", metavar="ACTION")
+
+    def common(q: argparse.ArgumentParser, server: bool = True) -> None:
+        q.add_argument("--database-url", help=f"SQLAlchemy URL or SQLite file (default: {DEFAULT_DB})")
+        q.add_argument("--admin-token", help="admin token (default: $FEATURELENS_ADMIN_TOKEN)")
+        if server:
+            q.add_argument("--server", help="use a running server's admin API instead of the database")
+
+    q = sub.add_parser("import", help="import an explanation bundle as a campaign")
+    q.add_argument("bundle", help="bundle folder (or its bundle.json)")
+    q.add_argument("--campaign", required=True, help="campaign name")
+    q.add_argument("--gold", help="gold labels: JSON {cluster_id: [label, ...]} or CSV cluster_id,label")
+    common(q)
+    q.set_defaults(func=cmd_import)
+
+    q = sub.add_parser("serve", help="run the web app")
+    q.add_argument("--host", default="127.0.0.1")
+    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--workers", type=int, default=1, help="worker processes (SQLite WAL and PostgreSQL both work)")
+    q.add_argument("--rate-limit", type=_parse_rate, default="30/60", help="answers per player: N/SECONDS or off")
+    q.add_argument("--gold-rate", type=float, default=0.1, help="share of rounds served on gold maps")
+    q.add_argument("--log-level", default="warning")
+    common(q, server=False)
+    q.set_defaults(func=cmd_serve)
+
+    q = sub.add_parser("export", help="export a campaign's labels (one row per label)")
+    q.add_argument("--campaign", required=True)
+    q.add_argument("--out", required=True, help="labels.csv or labels.jsonl")
+    common(q)
+    q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("progress", help="a campaign's progress as JSON")
+    q.add_argument("--campaign", required=True)
+    common(q)
+    q.set_defaults(func=cmd_progress)
+
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])

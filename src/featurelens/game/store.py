@@ -1,0 +1,809 @@
+"""The game's service layer: bundle import, accounts, assignment, rounds, scores and export.
+
+Every function takes a :class:`~featurelens.game.db.Database`; every change happens in exactly one
+transaction (``Database.write``). The web routes and the CLI are thin shells over these functions.
+
+Submissions and idempotency
+    Finishing a round (guess or give up, with its labels) is one transaction that flips the round
+    from ``open`` to ``guessed``/``gave_up`` with a conditional ``UPDATE ... WHERE status='open'`` and
+    stores the client's idempotency key in ``rounds.finish_key`` (``UNIQUE(player_id, finish_key)``).
+    A retry with the same key returns the stored result (``replayed=True``) and never inserts again;
+    a different key on a finished round is a conflict; a key reused for another round is rejected.
+
+Assignment
+    A player gets their open round back if they have one; otherwise a map they have never had
+    (``UNIQUE(player_id, cluster_pk)``) with the fewest expected labels (``label_count + open_count``),
+    ties broken at random. With probability ``gold_rate`` a gold map (known labels) is served instead,
+    when one is left for the player; agreement with its known labels gives the player's reliability.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import random
+import re
+import secrets
+import threading
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from sqlalchemy import Integer, and_, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as OrmSession
+
+from featurelens.game.db import Database, GameError
+from featurelens.game.masks import REVEAL_Q, encode_jpeg, reveal_series
+from featurelens.game.models import (
+    Campaign,
+    Cluster,
+    ClusterAsset,
+    Image,
+    Label,
+    Player,
+    Round,
+    Session,
+    utcnow,
+)
+from featurelens.game.scoring import (
+    AGREE_CAP,
+    AGREE_POINTS,
+    ExactMatcher,
+    LabelMatcher,
+    LemmaMatcher,
+    guess_points,
+)
+
+EXPORT_COLUMNS = (
+    "campaign", "player", "image_id", "layer", "cluster_id", "cluster_index", "reveal_step", "q_percent",
+    "guessed_class", "true_class", "correct", "label", "created_at",
+)
+MAX_LABELS = 5
+MAX_LABEL_CHARS = 48
+SESSION_DAYS = 30
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+class ValidationError(GameError):
+    """Bad user input; the message is safe and meant to be shown to the user."""
+
+
+class NotFound(GameError):
+    pass
+
+
+class Conflict(GameError):
+    pass
+
+
+class RateLimited(GameError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+_CAMPAIGN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,99}$")
+
+
+def _clean(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", str(text)).split())
+
+
+def validate_campaign_name(name: str) -> str:
+    name = str(name).strip()
+    if not _CAMPAIGN.match(name):
+        raise ValidationError("campaign names are 1-100 characters: letters, digits, space, '_', '.', '-'")
+    return name
+
+
+def validate_username(name: str) -> str:
+    name = _clean(name)
+    if not 3 <= len(name) <= 32:
+        raise ValidationError("user names are 3 to 32 characters long")
+    if not name.isprintable():
+        raise ValidationError("user names cannot contain control characters")
+    return name
+
+
+def validate_password(password: str) -> str:
+    if not 8 <= len(password) <= 256:
+        raise ValidationError("passwords are 8 to 256 characters long")
+    return password
+
+
+def validate_labels(texts: Iterable[str], matcher: LabelMatcher, *, required: bool) -> list[str]:
+    """Clean label texts: collapse spaces, drop empties; check count, length, characters, duplicates."""
+    labels = [_clean(t) for t in texts]
+    labels = [t for t in labels if t]
+    if required and not labels:
+        raise ValidationError("describe what you see with at least one short label")
+    if len(labels) > MAX_LABELS:
+        raise ValidationError(f"at most {MAX_LABELS} labels per map")
+    seen: dict[str, int] = {}
+    for i, t in enumerate(labels, 1):
+        if len(t) > MAX_LABEL_CHARS:
+            raise ValidationError(f"label {i} is {len(t)} characters long; keep labels to {MAX_LABEL_CHARS} or fewer")
+        if not t.isprintable():
+            raise ValidationError(f"label {i} contains control characters")
+        if not any(ch.isalpha() for ch in t):
+            raise ValidationError(f"label {i} needs at least one letter (a word describing what you see)")
+        key = matcher.normalize(t) or t.casefold()
+        if key in seen:
+            raise ValidationError(f"labels {seen[key]} and {i} say the same thing; give each idea once")
+        seen[key] = i
+    return labels
+
+
+# ---------------------------------------------------------------------------
+# import
+# ---------------------------------------------------------------------------
+@dataclass
+class ImportSummary:
+    campaign: str
+    images: int
+    maps: int
+    gold_maps: int
+    class_names: list[str]
+
+
+def _photo_rgb(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_gold(path: str | Path) -> dict[str, list[str]]:
+    """Gold labels from JSON ``{cluster_id: [label, ...]}`` or CSV rows ``cluster_id,label``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GameError(f"cannot read gold labels {path}: {exc}") from None
+    gold: dict[str, list[str]] = {}
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise GameError(f"{path}: invalid JSON: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise GameError(f"{path}: expected an object {{cluster_id: [label, ...]}}")
+        return {str(k): [str(x) for x in v] for k, v in data.items()}
+    for row in csv.reader(io.StringIO(text)):
+        if len(row) >= 2 and row[0] != "cluster_id":
+            gold.setdefault(row[0], []).append(row[1])
+    return gold
+
+
+def import_bundle(
+    db: Database,
+    bundle_path: str | Path,
+    campaign: str,
+    *,
+    gold: Mapping[str, Sequence[str]] | None = None,
+) -> ImportSummary:
+    """Import an explanation bundle as a new campaign: photos, maps, pre-rendered reveal steps.
+
+    ``true_class`` of an image is kept as is; where it is null the export and the scoring use the
+    model's ``predicted_class`` instead. A true class missing from the bundle's class list is added
+    to the campaign's class list, so a correct guess is always possible.
+    """
+    from featurelens.network.bundle import load_bundle
+
+    name = validate_campaign_name(campaign)
+    bundle = load_bundle(bundle_path)
+    gold = {str(k): [_clean(x) for x in v if _clean(x)] for k, v in (gold or {}).items()}
+    known = {c.id for _, c in bundle.clusters()}
+    unknown = sorted(set(gold) - known)
+    if unknown:
+        raise GameError(f"gold labels name clusters that are not in the bundle: {', '.join(unknown[:5])}")
+    class_names = list(dict.fromkeys(bundle.class_names))
+    for im in bundle.images:
+        truth = im.true_class or im.predicted_class
+        if truth not in class_names:
+            class_names.append(truth)
+
+    with db.read() as s:
+        if s.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
+            raise Conflict(f"campaign {name!r} already exists; choose another name")
+
+    # render everything before opening the write transaction
+    rendered: list[tuple[Any, bytes, list[tuple[Any, list[bytes], bytes]]]] = []
+    for im in bundle.images:
+        rgb = _photo_rgb(bundle.path(im.file))
+        clusters = []
+        for c in im.clusters:
+            m = bundle.load_image_map(c)
+            overlay = encode_jpeg(_photo_rgb(bundle.path(c.overlay_png)))
+            clusters.append((c, reveal_series(rgb, m), overlay))
+        rendered.append((im, encode_jpeg(rgb, quality=90), clusters))
+
+    def _write(s: OrmSession) -> ImportSummary:
+        camp = Campaign(
+            name=name,
+            class_names_json=json.dumps(class_names),
+            source=str(Path(bundle_path).resolve()),
+            params_json=json.dumps({"model": bundle.model, "target": bundle.target, "reveal_q": REVEAL_Q}),
+            active=True,
+            created_at=utcnow(),
+        )
+        s.add(camp)
+        s.flush()
+        n_maps = n_gold = 0
+        for im, photo, clusters in rendered:
+            img = Image(campaign_id=camp.id, image_key=im.id, true_class=im.true_class,
+                        predicted_class=im.predicted_class, photo=photo)
+            s.add(img)
+            s.flush()
+            for c, steps, overlay in clusters:
+                labels = gold.get(c.id, [])
+                cl = Cluster(campaign_id=camp.id, image_pk=img.id, cluster_key=c.id, layer=c.layer,
+                             cluster_index=c.index, weight=c.weight, is_gold=bool(labels),
+                             gold_labels_json=json.dumps(labels), label_count=0, open_count=0)
+                s.add(cl)
+                s.flush()
+                s.add_all([ClusterAsset(cluster_pk=cl.id, kind=f"r{i}", data=d) for i, d in enumerate(steps)])
+                s.add(ClusterAsset(cluster_pk=cl.id, kind="overlay", data=overlay))
+                n_maps += 1
+                n_gold += bool(labels)
+        return ImportSummary(name, len(rendered), n_maps, n_gold, class_names)
+
+    try:
+        return db.write(_write)
+    except IntegrityError:
+        raise Conflict(f"campaign {name!r} already exists; choose another name") from None
+
+
+# ---------------------------------------------------------------------------
+# accounts and sessions
+# ---------------------------------------------------------------------------
+class PasswordHasher:
+    """argon2id (memory-hard) with OWASP's minimum parameters: m = 19 MiB, t = 2, p = 1.
+
+    At most ``concurrency`` hashes run at once per process, which bounds memory (19 MiB each).
+    """
+
+    def __init__(self, time_cost: int = 2, memory_cost: int = 19456, parallelism: int = 1,
+                 concurrency: int = 4) -> None:
+        from argon2 import PasswordHasher as _PH
+
+        self._ph = _PH(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+        self._sem = threading.BoundedSemaphore(concurrency)
+        self._dummy = self._ph.hash(secrets.token_hex(8))
+
+    def hash(self, password: str) -> str:
+        with self._sem:
+            return self._ph.hash(password)
+
+    def verify(self, stored: str | None, password: str) -> bool:
+        from argon2.exceptions import InvalidHashError, VerificationError
+
+        with self._sem:
+            try:
+                return self._ph.verify(stored or self._dummy, password) and stored is not None
+            except (VerificationError, InvalidHashError):
+                return False
+
+
+@dataclass
+class PlayerSession:
+    token: str  # the cookie value; only its SHA-256 is stored
+    player_id: int
+    username: str
+    csrf_token: str
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_player(db: Database, hasher: PasswordHasher, username: str, password: str) -> int:
+    username = validate_username(username)
+    validate_password(password)
+    pw_hash = hasher.hash(password)
+
+    def _w(s: OrmSession) -> int:
+        p = Player(username=username, username_key=username.casefold(), password_hash=pw_hash,
+                   created_at=utcnow())
+        s.add(p)
+        s.flush()
+        return p.id
+
+    try:
+        return db.write(_w)
+    except IntegrityError:
+        raise Conflict("that user name is taken; choose another") from None
+
+
+def authenticate(db: Database, hasher: PasswordHasher, username: str, password: str) -> int | None:
+    with db.read() as s:
+        row = s.execute(
+            select(Player.id, Player.password_hash).where(Player.username_key == _clean(username).casefold())
+        ).first()
+    ok = hasher.verify(row.password_hash if row else None, password)
+    return row.id if (ok and row) else None
+
+
+def open_session(db: Database, player_id: int) -> PlayerSession:
+    token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
+
+    def _w(s: OrmSession) -> PlayerSession:
+        now = utcnow()
+        s.execute(delete(Session).where(Session.player_id == player_id, Session.expires_at < now))
+        s.add(Session(token_hash=_token_hash(token), player_id=player_id, csrf_token=csrf, created_at=now,
+                      expires_at=now + dt.timedelta(days=SESSION_DAYS)))
+        name = s.scalar(select(Player.username).where(Player.id == player_id))
+        return PlayerSession(token, player_id, str(name), csrf)
+
+    return db.write(_w)
+
+
+def get_session(db: Database, token: str | None) -> PlayerSession | None:
+    if not token or len(token) > 200:
+        return None
+    with db.read() as s:
+        row = s.execute(
+            select(Session.player_id, Session.csrf_token, Player.username)
+            .join(Player, Player.id == Session.player_id)
+            .where(Session.token_hash == _token_hash(token), Session.expires_at > utcnow())
+        ).first()
+    return PlayerSession(token, row.player_id, row.username, row.csrf_token) if row else None
+
+
+def close_session(db: Database, token: str) -> None:
+    db.write(lambda s: s.execute(delete(Session).where(Session.token_hash == _token_hash(token))))
+
+
+# ---------------------------------------------------------------------------
+# campaigns and rounds
+# ---------------------------------------------------------------------------
+@dataclass
+class RoundView:
+    id: int
+    campaign: str
+    cluster_id: str
+    image_id: str
+    layer: str
+    cluster_index: int
+    status: str
+    reveal_step: int
+    q_percent: float
+    max_step: int
+    class_names: list[str]
+    is_gold: bool = False
+    # only once finished:
+    guessed_class: str | None = None
+    correct: bool | None = None
+    true_class: str | None = None
+    guess_points: int | None = None
+    labels: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("is_gold")  # players are not told which maps are gold
+        return d
+
+
+def list_campaigns(db: Database) -> list[dict[str, Any]]:
+    with db.read() as s:
+        rows = s.execute(
+            select(Campaign.name, Campaign.active, Campaign.created_at, func.count(Cluster.id))
+            .outerjoin(Cluster, Cluster.campaign_id == Campaign.id)
+            .group_by(Campaign.id)
+            .order_by(Campaign.created_at.desc(), Campaign.id.desc())
+        ).all()
+    return [{"name": r[0], "active": bool(r[1]), "created_at": r[2], "maps": int(r[3])} for r in rows]
+
+
+def _campaign(s: OrmSession, name: str | None) -> Campaign:
+    q = select(Campaign)
+    q = q.where(Campaign.name == name) if name else q.where(Campaign.active.is_(True))
+    camp = s.scalars(q.order_by(Campaign.created_at.desc(), Campaign.id.desc()).limit(1)).first()
+    if camp is None:
+        raise NotFound(f"no campaign named {name!r}" if name else "no campaign has been imported yet")
+    return camp
+
+
+def _round_view(s: OrmSession, rnd: Round, campaign: Campaign | None = None) -> RoundView:
+    camp = campaign or s.get(Campaign, rnd.campaign_id)
+    assert camp is not None
+    cl = rnd.cluster
+    view = RoundView(
+        id=rnd.id, campaign=camp.name, cluster_id=cl.cluster_key, image_id=cl.image.image_key, layer=cl.layer,
+        cluster_index=cl.cluster_index, status=rnd.status, reveal_step=rnd.reveal_step,
+        q_percent=REVEAL_Q[rnd.reveal_step], max_step=len(REVEAL_Q) - 1,
+        class_names=json.loads(camp.class_names_json), is_gold=rnd.is_gold,
+    )
+    if rnd.status != "open":
+        view.guessed_class = rnd.guessed_class
+        view.correct = rnd.correct
+        view.true_class = cl.image.true_class or cl.image.predicted_class
+        view.guess_points = rnd.guess_points
+        labels = s.execute(
+            select(Label.text, Label.points).where(Label.round_id == rnd.id).order_by(Label.position)
+        ).all()
+        view.labels = [{"text": t, "points": p} for t, p in labels]
+    return view
+
+
+def next_round(db: Database, player_id: int, campaign: str | None = None, *, gold_rate: float = 0.1,
+               rng: random.Random | None = None) -> RoundView | None:
+    """The player's open round, or a new one on the best map for them; ``None`` when none is left."""
+    rng = rng or random.Random()
+    use_gold = rng.random() < gold_rate
+
+    def _w(s: OrmSession) -> RoundView | None:
+        camp = _campaign(s, campaign)
+        open_rnd = s.scalars(
+            select(Round).where(Round.player_id == player_id, Round.campaign_id == camp.id, Round.status == "open")
+            .order_by(Round.id).limit(1)
+        ).first()
+        if open_rnd is not None:
+            return _round_view(s, open_rnd, camp)
+        seen = select(Round.cluster_pk).where(Round.player_id == player_id)
+        pick = None
+        for gold in ((True, False) if use_gold else (False, True)):
+            pick = s.execute(
+                select(Cluster.id, Cluster.is_gold)
+                .where(Cluster.campaign_id == camp.id, Cluster.is_gold.is_(gold), Cluster.id.not_in(seen))
+                .order_by(Cluster.label_count + Cluster.open_count, func.random())
+                .limit(1)
+            ).first()
+            if pick is not None:
+                break
+        if pick is None:
+            return None
+        rnd = Round(player_id=player_id, cluster_pk=pick.id, campaign_id=camp.id, status="open", reveal_step=0,
+                    correct=False, guess_points=0, is_gold=bool(pick.is_gold), started_at=utcnow())
+        s.add(rnd)
+        s.execute(update(Cluster).where(Cluster.id == pick.id).values(open_count=Cluster.open_count + 1))
+        s.flush()
+        return _round_view(s, rnd, camp)
+
+    for attempt in range(5):
+        try:
+            return db.write(_w)
+        except IntegrityError:  # two concurrent requests picked the same map for this player
+            if attempt == 4:
+                raise
+    return None
+
+
+def _own_round(s: OrmSession, player_id: int, round_id: int) -> Round:
+    rnd = s.get(Round, round_id)
+    if rnd is None or rnd.player_id != player_id:  # someone else's round looks exactly like a missing one
+        raise NotFound("no such round")
+    return rnd
+
+
+def get_round(db: Database, player_id: int, round_id: int) -> RoundView:
+    with db.read() as s:
+        return _round_view(s, _own_round(s, player_id, round_id))
+
+
+def reveal_more(db: Database, player_id: int, round_id: int, to_step: int | None = None) -> RoundView:
+    """Show more: set the round's reveal step to ``to_step`` (default: one more). Idempotent by design:
+    the step only grows, and a retried request for the same step changes nothing."""
+
+    def _w(s: OrmSession) -> RoundView:
+        rnd = _own_round(s, player_id, round_id)
+        if rnd.status != "open":
+            raise Conflict("this round is already finished")
+        target = rnd.reveal_step + 1 if to_step is None else int(to_step)
+        target = min(max(target, rnd.reveal_step), len(REVEAL_Q) - 1)
+        if target != rnd.reveal_step:
+            s.execute(update(Round).where(Round.id == rnd.id, Round.reveal_step < target).values(reveal_step=target))
+            s.refresh(rnd)
+        return _round_view(s, rnd)
+
+    return db.write(_w)
+
+
+@dataclass
+class FinishResult:
+    round: RoundView
+    replayed: bool
+    points: int  # guess points + label points of this round (at the time of the answer)
+
+
+def _check_rate(s: OrmSession, player_id: int, limit: tuple[int, float] | None) -> None:
+    if not limit:
+        return
+    count, window = limit
+    since = utcnow() - dt.timedelta(seconds=window)
+    times = s.scalars(
+        select(Round.finished_at).where(Round.player_id == player_id, Round.finished_at >= since)
+        .order_by(Round.finished_at)
+    ).all()
+    if len(times) >= count:
+        oldest = times[len(times) - count]
+        retry = max(0.1, window - (utcnow() - oldest).total_seconds())
+        raise RateLimited(f"slow down: at most {count} answers per {window:g} s", retry)
+
+
+def _agrees(matcher: LabelMatcher, text: str, norm: str, other_text: str, other_norm: str) -> bool:
+    if isinstance(matcher, LemmaMatcher | ExactMatcher):
+        return bool(norm) and norm == other_norm
+    return matcher.agree(text, other_text)
+
+
+def finish_round(
+    db: Database,
+    player_id: int,
+    round_id: int,
+    *,
+    guessed_class: str | None,
+    labels: Sequence[str],
+    idempotency_key: str,
+    matcher: LabelMatcher | None = None,
+    rate_limit: tuple[int, float] | None = None,
+) -> FinishResult:
+    """Guess (``guessed_class`` given) or give up (``None``), storing the labels; see module docstring."""
+    matcher = matcher or LemmaMatcher()
+    key = str(idempotency_key or "").strip()
+    if not 8 <= len(key) <= 100:
+        raise ValidationError("an idempotency key of 8 to 100 characters is required")
+    gave_up = guessed_class is None
+    texts = validate_labels(labels, matcher, required=not gave_up)
+    norms = [matcher.normalize(t) for t in texts]
+
+    def _replay(s: OrmSession, rnd: Round) -> FinishResult:
+        view = _round_view(s, rnd)
+        return FinishResult(view, True, int(view.guess_points or 0) + sum(x["points"] for x in view.labels))
+
+    def _w(s: OrmSession) -> FinishResult:
+        rnd = _own_round(s, player_id, round_id)
+        if rnd.status != "open":
+            if rnd.finish_key == key:
+                return _replay(s, rnd)
+            raise Conflict("this round is already finished")
+        _check_rate(s, player_id, rate_limit)
+        camp = s.get(Campaign, rnd.campaign_id)
+        assert camp is not None
+        classes = json.loads(camp.class_names_json)
+        guess = None
+        if not gave_up:
+            by_key = {c.casefold(): c for c in classes}
+            guess = by_key.get(_clean(guessed_class or "").casefold())
+            if guess is None:
+                raise ValidationError("choose the class from the campaign's class list")
+        img = rnd.cluster.image
+        truth = img.true_class or img.predicted_class
+        correct = guess is not None and guess == truth
+        gpts = guess_points(correct, rnd.reveal_step)
+        now = utcnow()
+        gold_hit = None
+        if rnd.is_gold and texts:
+            gold = json.loads(rnd.cluster.gold_labels_json)
+            gold_hit = any(matcher.agree(t, g) for t in texts for g in gold)
+        res = s.execute(
+            update(Round).where(Round.id == rnd.id, Round.status == "open").values(
+                status="gave_up" if gave_up else "guessed", guessed_class=guess, correct=correct,
+                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit)
+        )
+        if res.rowcount != 1:
+            raise _Raced()
+        others = s.execute(
+            select(Label.id, Label.player_id, Label.text, Label.norm)
+            .where(Label.cluster_pk == rnd.cluster_pk, Label.player_id != player_id)
+        ).all()
+        bump: set[int] = set()
+        total = gpts
+        for pos, (t, n) in enumerate(zip(texts, norms)):
+            agreeing = [o for o in others if _agrees(matcher, t, n, o.text, o.norm)]
+            pts = AGREE_POINTS * min(len({o.player_id for o in agreeing}), AGREE_CAP)
+            bump.update(o.id for o in agreeing)
+            s.add(Label(round_id=rnd.id, player_id=player_id, cluster_pk=rnd.cluster_pk, position=pos, text=t,
+                        norm=n, points=pts, created_at=now))
+            total += pts
+        if bump:
+            s.execute(update(Label).where(and_(Label.id.in_(sorted(bump)), Label.points < AGREE_POINTS * AGREE_CAP))
+                      .values(points=Label.points + AGREE_POINTS))
+        s.execute(update(Cluster).where(Cluster.id == rnd.cluster_pk).values(
+            label_count=Cluster.label_count + len(texts),
+            open_count=func.max(Cluster.open_count - 1, 0) if s.bind.dialect.name == "sqlite"  # type: ignore[union-attr]
+            else func.greatest(Cluster.open_count - 1, 0)))
+        s.flush()
+        s.refresh(rnd)
+        return FinishResult(_round_view(s, rnd, camp), False, total)
+
+    for _ in range(3):
+        try:
+            return db.write(_w)
+        except _Raced:
+            continue  # a concurrent request finished it first: read again (replay or conflict)
+        except IntegrityError:
+            raise Conflict("this idempotency key was already used for another round") from None
+    raise Conflict("this round is already finished")
+
+
+class _Raced(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------
+# scores, history, stats
+# ---------------------------------------------------------------------------
+def _score_query():  # type: ignore[no-untyped-def]
+    g = (select(Round.player_id.label("pid"), func.sum(Round.guess_points).label("g"),
+                func.count(Round.id).label("n"), func.sum(func.cast(Round.correct, Integer)).label("c"))
+         .where(Round.status != "open").group_by(Round.player_id).subquery())
+    lab = (select(Label.player_id.label("pid"), func.sum(Label.points).label("l"), func.count(Label.id).label("k"))
+           .group_by(Label.player_id).subquery())
+    score = (func.coalesce(g.c.g, 0) + func.coalesce(lab.c.l, 0)).label("score")
+    return (select(Player.id, Player.username, score, func.coalesce(g.c.n, 0).label("rounds"),
+                   func.coalesce(g.c.c, 0).label("correct"), func.coalesce(lab.c.k, 0).label("labels"))
+            .outerjoin(g, g.c.pid == Player.id).outerjoin(lab, lab.c.pid == Player.id))
+
+
+def leaderboard(db: Database, limit: int = 20) -> list[dict[str, Any]]:
+    q = _score_query()
+    with db.read() as s:
+        rows = s.execute(q.order_by(q.selected_columns.score.desc(), Player.id).limit(limit)).all()
+    return [{"rank": i + 1, "player": r.username, "score": int(r.score), "rounds": int(r.rounds),
+             "correct": int(r.correct), "labels": int(r.labels)} for i, r in enumerate(rows) if r.rounds > 0]
+
+
+def player_stats(db: Database, player_id: int) -> dict[str, Any]:
+    q = _score_query()
+    with db.read() as s:
+        me = s.execute(q.where(Player.id == player_id)).first()
+        if me is None:
+            raise NotFound("no such player")
+        sub = q.subquery()
+        better = s.scalar(select(func.count()).select_from(sub).where(sub.c.score > me.score, sub.c.rounds > 0))
+        mean_step = s.scalar(select(func.avg(Round.reveal_step)).where(
+            Round.player_id == player_id, Round.correct.is_(True)))
+        agreed = s.scalar(select(func.count(Label.id)).where(Label.player_id == player_id, Label.points > 0))
+        gold_n = s.scalar(select(func.count(Round.id)).where(Round.player_id == player_id,
+                                                              Round.gold_hit.is_not(None)))
+        gold_hits = s.scalar(select(func.count(Round.id)).where(Round.player_id == player_id,
+                                                                 Round.gold_hit.is_(True)))
+    rounds = int(me.rounds)
+    return {
+        "player": me.username, "score": int(me.score), "rank": int(better or 0) + 1 if rounds else None,
+        "rounds": rounds, "correct": int(me.correct),
+        "accuracy": (int(me.correct) / rounds) if rounds else None,
+        "mean_reveal_step_when_correct": float(mean_step) if mean_step is not None else None,
+        "labels": int(me.labels), "labels_agreed": int(agreed or 0),
+        "reliability": (gold_hits / gold_n) if gold_n else None, "gold_rounds": int(gold_n or 0),
+    }
+
+
+def history(db: Database, player_id: int, limit: int = 100) -> list[dict[str, Any]]:
+    with db.read() as s:
+        rounds = s.scalars(
+            select(Round).where(Round.player_id == player_id, Round.status != "open")
+            .order_by(Round.finished_at.desc(), Round.id.desc()).limit(limit)
+        ).all()
+        out = []
+        for r in rounds:
+            v = _round_view(s, r)
+            out.append({"round_id": r.id, "campaign": v.campaign, "cluster_id": v.cluster_id, "layer": v.layer,
+                        "reveal_step": v.reveal_step, "q_percent": v.q_percent, "status": v.status,
+                        "guessed_class": v.guessed_class or "", "true_class": v.true_class, "correct": v.correct,
+                        "guess_points": v.guess_points, "labels": v.labels,
+                        "finished_at": _iso(r.finished_at)})
+    return out
+
+
+def asset(db: Database, player_id: int, round_id: int, kind: str) -> bytes:
+    """A round's image, only as far as the player may see it: reveal steps up to the current one while
+    the round is open; the full photo and the overlay only once it is finished."""
+    with db.read() as s:
+        rnd = _own_round(s, player_id, round_id)
+        if kind.startswith("r") and kind[1:].isdigit():
+            if int(kind[1:]) > rnd.reveal_step and rnd.status == "open":
+                raise NotFound("not revealed yet")
+            data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == rnd.cluster_pk,
+                                                            ClusterAsset.kind == kind))
+        elif kind in ("photo", "overlay"):
+            if rnd.status == "open":
+                raise NotFound("finish the round first")
+            if kind == "photo":
+                data = rnd.cluster.image.photo
+            else:
+                data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == rnd.cluster_pk,
+                                                                ClusterAsset.kind == "overlay"))
+        else:
+            raise NotFound("no such image")
+    if data is None:
+        raise NotFound("no such image")
+    return bytes(data)
+
+
+# ---------------------------------------------------------------------------
+# admin: progress and export
+# ---------------------------------------------------------------------------
+def progress(db: Database, campaign: str) -> dict[str, Any]:
+    with db.read() as s:
+        camp = _campaign(s, campaign)
+        counts = s.scalars(select(Cluster.label_count).where(Cluster.campaign_id == camp.id)).all()
+        gold = s.scalar(select(func.count(Cluster.id)).where(Cluster.campaign_id == camp.id,
+                                                             Cluster.is_gold.is_(True)))
+        by_status = dict(s.execute(select(Round.status, func.count(Round.id)).where(Round.campaign_id == camp.id)
+                                   .group_by(Round.status)).all())
+        players = s.scalar(select(func.count(func.distinct(Round.player_id))).where(Round.campaign_id == camp.id))
+        rel = s.execute(
+            select(Player.username, func.count(Round.id), func.sum(func.cast(Round.gold_hit, Integer)))
+            .join(Round, Round.player_id == Player.id)
+            .where(Round.campaign_id == camp.id, Round.gold_hit.is_not(None)).group_by(Player.id)
+        ).all()
+    arr = np.asarray(counts or [0])
+    return {
+        "campaign": camp.name, "maps": len(counts), "gold_maps": int(gold or 0),
+        "maps_labelled": int((arr > 0).sum()) if counts else 0, "labels": int(arr.sum()),
+        "labels_per_map": {"min": int(arr.min()), "median": float(np.median(arr)), "max": int(arr.max())},
+        "rounds": {k: int(v) for k, v in by_status.items()}, "players": int(players or 0),
+        "reliability": {u: {"gold_rounds": int(n), "hits": int(h or 0)} for u, n, h in rel},
+    }
+
+
+def _iso(t: dt.datetime | None) -> str:
+    return "" if t is None else t.replace(tzinfo=dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
+    """One row per label text, columns :data:`EXPORT_COLUMNS` (see docs/game.md)."""
+    with db.read() as s:
+        camp = _campaign(s, campaign)
+        rows = s.execute(
+            select(Player.username, Image.image_key, Cluster.layer, Cluster.cluster_key, Cluster.cluster_index,
+                   Round.reveal_step, Round.guessed_class, Image.true_class, Image.predicted_class, Round.correct,
+                   Label.text, Label.created_at)
+            .select_from(Label)
+            .join(Round, Round.id == Label.round_id)
+            .join(Player, Player.id == Label.player_id)
+            .join(Cluster, Cluster.id == Label.cluster_pk)
+            .join(Image, Image.id == Cluster.image_pk)
+            .where(Round.campaign_id == camp.id)
+            .order_by(Label.created_at, Label.id)
+        ).all()
+    return [
+        {"campaign": camp.name, "player": r[0], "image_id": r[1], "layer": r[2], "cluster_id": r[3],
+         "cluster_index": int(r[4]), "reveal_step": int(r[5]), "q_percent": REVEAL_Q[int(r[5])],
+         "guessed_class": r[6] or "", "true_class": r[7] or r[8], "correct": bool(r[9]), "label": r[10],
+         "created_at": _iso(r[11])}
+        for r in rows
+    ]
+
+
+def write_export(rows: Sequence[Mapping[str, Any]], out: IO[str], fmt: str) -> None:
+    """Write rows as ``csv`` (header, ``true``/``false``) or ``jsonl`` (JSON booleans and numbers)."""
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(EXPORT_COLUMNS)
+        for r in rows:
+            w.writerow([("true" if r[c] else "false") if c == "correct" else r[c] for c in EXPORT_COLUMNS])
+    elif fmt == "jsonl":
+        for r in rows:
+            out.write(json.dumps({c: r[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
+    else:
+        raise GameError(f"unknown export format {fmt!r}: use csv or jsonl")
+
+
+def export_file(db: Database, campaign: str, out: str | Path) -> int:
+    """Export to ``out`` (format from its suffix: .csv or .jsonl); return the number of rows."""
+    out = Path(out)
+    fmt = {".csv": "csv", ".jsonl": "jsonl"}.get(out.suffix.lower())
+    if fmt is None:
+        raise GameError(f"{out}: the export file must end in .csv or .jsonl")
+    rows = export_rows(db, campaign)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        write_export(rows, fh, fmt)
+    tmp.replace(out)
+    return len(rows)
