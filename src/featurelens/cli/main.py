@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "inspect_cmd",
     "demo_cmd",
     "evaluate",
+    "similarity",
 ]
 
 
