@@ -27,9 +27,16 @@ Layout (schema ``featurelens.network-bundle``, version 1)::
               "channels": [int, ...], "weight": float,   # percent of the layer's total weight
               "effect": float | null,                   # measured score drop when its region is deleted
               "map_npy": str, "map_png": str, "overlay_png": str
+          }, ...],
+          "layer_stats": [{                # optional (added in 0.1, still version 1)
+              "name": str, "kept_channels": int, "k": int,
+              "silhouette": float | null, "clusters": int
           }, ...]
       }, ...]
     }
+
+Optional keys may be absent; readers must ignore keys they do not know. Within one image and
+layer, cluster ``index`` 0 is the heaviest cluster (clusters are ranked by weight).
 
 Paths are relative to the bundle folder and use ``/``. Cluster ids are stable: the same image id,
 layer name and cluster index always give the same id.
@@ -92,6 +99,7 @@ class BundleImage:
     predicted_index: int
     score: float
     clusters: list[Cluster] = field(default_factory=list)
+    layer_stats: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -259,6 +267,9 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
             if effect is not None and not math.isfinite(effect):
                 errors.append(f"{cw}.effect: must be finite or null")
             files += [_req(c, key, str, cw, errors) for key in ("map_npy", "map_png", "overlay_png")]
+        stats = im.get("layer_stats") if isinstance(im, dict) else None
+        if stats is not None and not (isinstance(stats, list) and all(isinstance(st, dict) for st in stats)):
+            errors.append(f"{where}.layer_stats: expected a list of objects")
         if root is not None and check_files:
             for rel in files:
                 if rel is not None and not (root / rel).is_file():
@@ -270,8 +281,8 @@ def _from_dict(data: dict[str, Any], root: Path) -> Bundle:
     images = []
     for im in data["images"]:
         clusters = [Cluster(**{k: c[k] for k in Cluster.__dataclass_fields__}) for c in im["clusters"]]
-        fields = {k: im[k] for k in BundleImage.__dataclass_fields__ if k != "clusters"}
-        images.append(BundleImage(**fields, clusters=clusters))
+        fields = {k: im[k] for k in BundleImage.__dataclass_fields__ if k not in ("clusters", "layer_stats")}
+        images.append(BundleImage(**fields, clusters=clusters, layer_stats=list(im.get("layer_stats") or [])))
     return Bundle(
         root=root,
         model=data["model"],
@@ -380,6 +391,7 @@ class BundleWriter:
         score: float,
         true_class: str | None = None,
         image_id: str | None = None,
+        layer_stats: list[dict[str, Any]] | None = None,
     ) -> str:
         """Store the image (H×W×3 uint8, as the model saw it) and return its id."""
         rgb = np.asarray(rgb)
@@ -401,6 +413,7 @@ class BundleWriter:
             predicted_class=str(predicted_class),
             predicted_index=int(predicted_index),
             score=float(score),
+            layer_stats=list(layer_stats or []),
         )
         self.bundle.images.append(im)
         self._images[image_id] = im
