@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "demo_cmd",
     "evaluate",
     "similarity",
+    "network",
 ]
 
 
