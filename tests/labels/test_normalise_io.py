@@ -60,7 +60,7 @@ def test_reads_csv_and_jsonl(tmp_path):
 
 def test_bad_values_name_the_row(tmp_path):
     row = ["c1", "p1", "img", "head", "img/head/0", "0", "x", "8", "cat", "cat", "true", "ears", "t"]
-    with pytest.raises(LabelsError, match="row 1.*reveal_step"):
+    with pytest.raises(LabelsError, match=r"row 1.*reveal_step"):
         read_labels(_write_csv(tmp_path / "x.csv", EXPORT_COLUMNS, [row]))
     with pytest.raises(LabelsError, match="does not exist"):
         read_labels(tmp_path / "nope.csv")

@@ -173,7 +173,7 @@ def test_class_without_labels_and_nothing_usable(label_bundle, processed, sbert)
     assert processed.counts["classes_without_labels"] == ["rocket"]
     assert any("no labels for class 'rocket'" in p for p in processed.problems)
     bad = [_rec(label_bundle, "cat_a/head/0", "Tabby cat", 0, True), _rec(label_bundle, "cat_a/head/0", " ", 1, True)]
-    with pytest.raises(LabelsError, match="no usable labels.*empty=2"):
+    with pytest.raises(LabelsError, match=r"no usable labels.*empty=2"):
         process_labels(label_bundle, bad, embedder=sbert)
 
 
@@ -185,5 +185,5 @@ def test_save_and_load_round_trip(tmp_path, label_bundle, processed):
     back = load_processed(tmp_path / "proc")
     assert back.scores == processed.scores and back.params == processed.params
     assert [g.layer for g in global_explanations(label_bundle, back)["tabby cat"]] == ["blocks.4", "blocks.10", "head"]
-    with pytest.raises(LabelsError, match="no labels.json"):
+    with pytest.raises(LabelsError, match=r"no labels\.json"):
         load_processed(tmp_path)

@@ -4,8 +4,9 @@ Steps (every constant in :class:`LabelParams`):
 
 1. match each row to the bundle (unknown images/clusters are counted and reported, never used);
 2. normalise (:mod:`~featurelens.labels.normalise`), dropping and counting labels left empty;
-3. optionally fix typos within a class: a word at Damerau–Levenshtein distance ≤ ``typo_max_edits`` from a
-   word used at least ``typo_min_ratio`` times as often in the same class's labels is replaced by it;
+3. optionally fix typos within a class (:func:`typo_map`): a word at Damerau–Levenshtein distance
+   ≤ ``typo_max_edits`` from a word used ``typo_min_ratio`` times as often in the same class's labels (or an
+   unknown word next to a known one used at least as often) is replaced by it;
 4. embed the class's unique label texts with Sentence-BERT and group them (:mod:`~featurelens.labels.group`);
 5. name each group by its lemmatised representative word and merge groups sharing it;
 6. score each (cluster map, representative) pair (:mod:`~featurelens.labels.score`).
@@ -226,16 +227,33 @@ def damerau_levenshtein(a: str, b: str) -> int:
     return d[len(a)][len(b)]
 
 
+def known_word(word: str) -> bool:
+    """Whether the offline lexicon (lemminflect) knows ``word``."""
+    try:
+        from lemminflect import getAllLemmas
+    except ImportError:  # pragma: no cover - declared dependency
+        return True
+    return bool(getAllLemmas(word))
+
+
 def typo_map(texts: list[str], params: LabelParams) -> dict[str, str]:
-    """word -> replacement for the likely typos among the words of ``texts`` (one class)."""
+    """word -> replacement for the likely typos among the words of ``texts`` (one class).
+
+    ``w`` → ``v`` when their Damerau–Levenshtein distance is ≤ ``typo_max_edits`` and either ``v`` is used
+    ≥ ``typo_min_ratio`` times as often as ``w``, or ``w`` is not an English word (lemminflect) while ``v``
+    is one used at least as often.
+    """
     freq = Counter(w for t in texts for w in t.split())
+    known = {w: known_word(w) for w in freq}
     fixes: dict[str, str] = {}
     for w, n in freq.items():
         if len(w) < params.typo_min_length:
             continue
         best = None
         for v, m in freq.items():
-            if v == w or m < params.typo_min_ratio * n or abs(len(v) - len(w)) > params.typo_max_edits:
+            if v == w or abs(len(v) - len(w)) > params.typo_max_edits:
+                continue
+            if not (m >= params.typo_min_ratio * n or (not known[w] and known[v] and m >= n)):
                 continue
             if damerau_levenshtein(w, v) <= params.typo_max_edits and (best is None or m > freq[best]):
                 best = v
