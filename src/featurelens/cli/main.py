@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "explain",
     "inspect_cmd",
     "demo_cmd",
+    "labels",
     "evaluate",
     "similarity",
     "network",
