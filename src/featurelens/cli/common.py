@@ -23,7 +23,7 @@ from featurelens.errors import FeaturelensError, ImageLoadError, ModelError, Tar
 
 T = TypeVar("T")
 
-#: progress bars appear when a command handles more images than this
+#: progress bars appear (on a terminal) when a command handles more images than this
 FEW_IMAGES = 3
 
 
@@ -47,7 +47,7 @@ def progress(
     """Iterate ``items`` with a tqdm bar on stderr when there are more than :data:`FEW_IMAGES` of them."""
     if total is None and isinstance(items, Sequence):
         total = len(items)
-    if total is None or total <= FEW_IMAGES:
+    if total is None or total <= FEW_IMAGES or not _interactive():
         yield from items
         return
     from tqdm import tqdm
@@ -59,11 +59,16 @@ def progress(
 
 def progress_bar(total: int, *, desc: str = "", unit: str = "image") -> Any:
     """A manual tqdm bar (``.update(n)``, ``.close()``); a silent stand-in for few items."""
-    if total <= FEW_IMAGES:
+    if total <= FEW_IMAGES or not _interactive():
         return _NullBar()
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc or None, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _interactive() -> bool:
+    """Progress bars only on a terminal: logs and pipes get clean lines."""
+    return sys.stderr.isatty()
 
 
 class _NullBar:
@@ -124,7 +129,7 @@ def check_images(paths: Sequence[Path]) -> list[tuple[int, int]]:
         raise ImageLoadError("no image given")
     sizes: list[tuple[int, int]] = []
     problems: list[str] = []
-    for path in progress(paths, desc="checking images"):
+    for path in paths:
         try:
             with _load(path) as im:
                 sizes.append(im.size)
