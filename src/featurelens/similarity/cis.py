@@ -75,7 +75,10 @@ def compute_cis(f_a: Tensor, f_b: Tensor, head: EmbeddingHead, rule: str) -> CIS
     """Run the registered ``rule`` on pooled features ``f_a``, ``f_b`` ``[B, K]``."""
     if f_a.shape != f_b.shape or f_a.ndim != 2:
         raise MethodError(f"pooled features must both be [B, K]; got {list(f_a.shape)} and {list(f_b.shape)}")
-    return get_rule(rule)(f_a, f_b, head)
+    fn = get_rule(rule)
+    with torch.no_grad():  # the head's parameters may require grad; CIS are plain numbers
+        res = fn(f_a.detach(), f_b.detach(), head)
+    return res
 
 
 # ---------------------------------------------------------------------------

@@ -289,5 +289,10 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, *, trust: bool = False) -> Embed
         from featurelens.models import load_checkpoint
 
         spec = load_checkpoint(name, trust=trust)
+        if isinstance(spec.model, torch.jit.ScriptModule):
+            raise ModelError(
+                f"{spec.name}: TorchScript modules do not support the forward hooks SFAM needs to read the feature "
+                "layer; save the model with torch.save(model) and pass --trust"
+            )
         return Embedder(spec.name, spec.model, spec.resolve_default_layer(), EmbeddingHead("avg"), spec.preprocess, spec.input_size)
     raise ModelError(f"unknown embedding model {name!r}; available: {', '.join(sorted(EMBEDDERS))} or a checkpoint path")
