@@ -37,7 +37,8 @@ Module handling (see :data:`KINDS` for the types):
 * ``batchnorm``: eval-mode BatchNorm as the affine map ``y = a·x + b`` with ``a = γ/√(σ²+ε_bn)``,
   ``b = β − a·μ``; by default (``merge_batchnorm=True``) a BatchNorm fed directly by a conv/linear
   is *merged* into it (``W' = a·W``, ``b' = a·b_conv + b``) and the conv's rule is applied to the
-  merged map. For the ε-rule this is the same result as two separate steps; for z⁺ it is the usual
+  merged map. For the ε-rule this is the same result as two separate steps (up to the
+  stabiliser's effect where the conv output is within ε of zero); for z⁺ it is the usual
   canonisation (the sign of ``a·W`` decides which contributions are positive).
 * ``pooling``: AvgPool/AdaptiveAvgPool (linear, ε-rule by default).
 * ``add``: the residual add :class:`featurelens.models.efficientnet_lite.Add` (``add(x, skip)``),
