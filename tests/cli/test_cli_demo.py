@@ -1,0 +1,97 @@
+"""`featurelens demo`: the runner (sections, failures, outputs) and the real quick demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+
+from featurelens.demo import DemoContext, DemoSection, SectionFailed, run_demo
+
+
+@pytest.fixture
+def fake_sections(monkeypatch):
+    mod = types.ModuleType("fl_fake_demo_sections")
+
+    def good(ctx: DemoContext) -> DemoSection:
+        (ctx.out_dir / "good").mkdir()
+        (ctx.out_dir / "good" / "a.txt").write_text("x")
+        return DemoSection("A good <section>", "<p>all fine</p>", ["good/a.txt"], {"value": 3})
+
+    def boom(ctx: DemoContext) -> DemoSection:
+        raise ValueError("the <model> exploded")
+
+    def partial(ctx: DemoContext) -> DemoSection:
+        raise SectionFailed("one method failed", html="<p>partial results</p>", summary={"done": 1})
+
+    def wrong(ctx: DemoContext) -> str:
+        return "not a section"
+
+    mod.good, mod.boom, mod.partial, mod.wrong = good, boom, partial, wrong
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    return mod.__name__
+
+
+def test_a_failing_section_is_an_error_box_and_a_nonzero_exit(fake_sections, tmp_path):
+    entries = [f"{fake_sections}:{n}" for n in ("good", "boom", "partial", "wrong")] + [
+        "no.such.module:section"
+    ]
+    logs: list[str] = []
+    code = run_demo(tmp_path, quick=True, sections=entries, log=logs.append)
+    assert code == 1
+    html = (tmp_path / "index.html").read_text()
+    assert "A good &lt;section&gt;" in html and "<p>all fine</p>" in html
+    assert html.count('class="error"') == 4
+    assert "the &lt;model&gt; exploded" in html and "<model>" not in html
+    assert "<p>partial results</p>" in html
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["ok"] is False and summary["failed"] == entries[1:]
+    status = [s["status"] for s in summary["sections"]]
+    assert status == ["ok", "error", "error", "error", "error"]
+    assert summary["sections"][0]["summary"] == {"value": 3} and summary["sections"][2]["summary"] == {
+        "done": 1
+    }
+    assert any("exploded" in line for line in logs)
+
+
+def test_all_good_sections_exit_zero(fake_sections, tmp_path):
+    assert run_demo(tmp_path / "d", sections=[f"{fake_sections}:good"], log=lambda m: None) == 0
+    assert json.loads((tmp_path / "d" / "demo.json").read_text())["ok"] is True
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_readable_report(cli, tmp_path):
+    from featurelens.methods import method_names
+
+    out = tmp_path / "demo"
+    r = cli("demo", "--quick", "--out", out)
+    assert r.code == 0, r.err
+    index = out / "index.html"
+    assert str(index.resolve()) in r.out
+    html = index.read_text()
+    for text in (
+        "espresso",
+        "Egyptian Mau",
+        "coffee",
+        "chelsea",
+        "Comparison grid",
+        "data:image/jpeg;base64,",
+    ):
+        assert text in html, text
+    for method in method_names():
+        assert f"<b>{method}</b>" in html
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["ok"] and summary["quick"]
+    cam = summary["sections"][0]
+    assert cam["entry"] == "featurelens.report.demo_cam:section" and cam["status"] == "ok"
+    assert cam["summary"]["methods"] == method_names() and not cam["summary"]["failed_methods"]
+    assert cam["summary"]["photos"][0] == {
+        **cam["summary"]["photos"][0],
+        "photo": "coffee",
+        "class": "espresso",
+    }
+    for f in cam["files"]:
+        assert (out / f).is_file(), f
+    assert "cam/comparison_grid.png" in cam["files"]
