@@ -23,6 +23,7 @@ from typing import Any
 #: sections of the demo report, in order ("module:function")
 SECTIONS: list[str] = [
     "featurelens.report.demo_cam:section",
+    "featurelens.labels.demo:section",
 ]
 
 

@@ -32,28 +32,76 @@ def _lemma_bag(text: str) -> tuple[str, ...]:
     return tuple(sorted(lemma(w) for w in clean_text(text).replace("'s", "").split() if w not in stop))
 
 
-def planted_labeller(bundle: Bundle, seed: int, max_labels: int = 2) -> Callable[[dict[str, Any]], list[str]]:
-    """A simulated player's label function: 1..max_labels ways of writing the cluster's planted concept."""
-    rng = random.Random(seed)
+ConceptFn = Callable[[str, str, int], list[str] | None]  # (image_id, layer, index) -> ways of writing it
+
+
+def planted_concepts(bundle: Bundle) -> ConceptFn:
+    """The planted concepts of :mod:`featurelens.labels.synthetic` (by true class, layer, cluster index)."""
     truth = {im.id: im.true_class or im.predicted_class for im in bundle.images}
+
+    def concept(image_id: str, layer: str, index: int) -> list[str] | None:
+        cls = truth.get(image_id, "")
+        plan = PLAN.get(cls, {}).get(layer)
+        if plan is None or plan[index % len(plan)] is None:
+            return None
+        return FAMILIES[cls][plan[index % len(plan)]]
+
+    return concept
+
+
+#: what simulated players "see" in real photos when the bundle comes from the real network (keyed by image id)
+PHOTO_VOCAB: dict[str, dict[str, list[str]]] = {
+    "chelsea": FAMILIES["tabby cat"],
+    "coffee": FAMILIES["coffee mug"],
+    "astronaut": {
+        "face": ["face", "face", "smiling face", "faces"],
+        "flag": ["flag", "flag", "american flag", "flags"],
+        "suit": ["suit", "space suit", "white suit", "siut"],
+    },
+    "rocket": {
+        "tower": ["tower", "tower", "launch tower", "towers"],
+        "nose": ["nose cone", "nose", "tip"],
+        "sky": ["sky", "sky", "blue sky", "skies"],
+    },
+}
+
+
+def photo_concepts(bundle: Bundle, vocab: dict[str, dict[str, list[str]]] | None = None) -> ConceptFn:
+    """Concepts for a bundle made by the real network: for the image's photo vocabulary, cluster ``k`` of the
+    layer at depth position ``d`` gets concept ``(k + d) mod n`` (so concepts move across layers)."""
+    vocab = vocab or PHOTO_VOCAB
+    depth = {layer.name: i for i, layer in enumerate(bundle.layers)}
+
+    def concept(image_id: str, layer: str, index: int) -> list[str] | None:
+        words = vocab.get(image_id.split("_")[0])
+        if not words:
+            return None
+        names = list(words)
+        return words[names[(index + depth.get(layer, 0)) % len(names)]]
+
+    return concept
+
+
+def planted_labeller(
+    concepts: ConceptFn, seed: int, max_labels: int = 2
+) -> Callable[[dict[str, Any]], list[str]]:
+    """A simulated player's label function: 1..max_labels different ways of writing the cluster's concept
+    (noise words for clusters without one)."""
+    rng = random.Random(seed)
     noise = [w for w in NOISE if w.strip()]
 
     def labels(rnd: dict[str, Any]) -> list[str]:
-        cls = truth.get(rnd["image_id"], "")
-        plan = PLAN.get(cls, {}).get(rnd["layer"])
-        if plan is None:
-            return [rng.choice(noise)]
-        concept = plan[int(rnd["cluster_index"]) % len(plan)]
-        pool = noise if concept is None else FAMILIES[cls][concept]
-        pool = [w for w in pool if w.strip()]
+        ways = concepts(rnd["image_id"], rnd["layer"], int(rnd["cluster_index"]))
+        pool = [w for w in (ways or noise) if w.strip()]
         chosen: list[str] = []
         bags: set[tuple[str, ...]] = set()
+        want = rng.randint(1, max_labels)
         for text in rng.sample(pool, k=len(pool)):
             bag = _lemma_bag(text)
             if bag not in bags:  # the game refuses two labels that say the same thing
                 chosen.append(text)
                 bags.add(bag)
-            if len(chosen) >= rng.randint(1, max_labels):
+            if len(chosen) >= want:
                 break
         return chosen
 
@@ -70,6 +118,7 @@ def play_campaign(
     accuracy: float = 0.8,
     reveals: tuple[int, int] = (0, 3),
     seed: int = 0,
+    concepts: Callable[[Bundle], ConceptFn] = planted_concepts,
 ) -> tuple[Path, dict[str, Any]]:
     """Import the bundle into a fresh game (SQLite), let simulated players play through the HTTP API,
     and download the export (CSV) through the admin API. Returns (export path, figures)."""
@@ -81,6 +130,7 @@ def play_campaign(
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(bundle_path)
+    plan = concepts(bundle)
     db = work / "game.sqlite3"
     if db.exists():
         db.unlink()
@@ -95,7 +145,7 @@ def play_campaign(
         maps = r.json()["maps"]
         profiles = [
             PlayerProfile(f"sim-player-{i}", accuracy=accuracy, reveals=reveals,
-                          labels=planted_labeller(bundle, seed * 1000 + i), seed=seed * 1000 + i,
+                          labels=planted_labeller(plan, seed * 1000 + i), seed=seed * 1000 + i,
                           fetch_images=False)
             for i in range(players)
         ]
@@ -119,41 +169,74 @@ def play_campaign(
     return export, figures
 
 
+def network_bundle(ctx: Any, out: Path) -> tuple[Bundle, str]:
+    """A real bundle from the default model (tiny config), or — if the network pipeline is unavailable — the
+    photo bundle with synthetic maps. Returns (bundle, description)."""
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    names = ["chelsea", "coffee"] if ctx.quick else ["chelsea", "coffee", "astronaut", "rocket"]
+    layers = ["blocks.10.project.conv", "head.conv"] if ctx.quick else [
+        "blocks.5.project.conv", "blocks.10.project.conv", "blocks.14.project.conv", "head.conv"]
+    try:
+        from featurelens.network.build import build_bundle
+        from featurelens.network.pipeline import NetworkParams
+
+        photos = ctx.photos()
+        missing = [n for n in names if n not in photos]
+        if missing:
+            from featurelens.imaging import sample_images
+
+            photos = {**photos, **sample_images(missing)}
+        spec = ctx.spec()
+        bundle = build_bundle(spec, {n: photos[n] for n in names}, out, layers=layers,
+                              params=NetworkParams(mode="fast", effect=False))
+        return bundle, (f"real layer-wise cluster maps of {spec.name} (network pipeline, fast mode) for "
+                        f"{len(names)} photos, layers {', '.join(layers)}")
+    except ImportError as exc:  # the network pipeline is another module; fall back rather than fail
+        from featurelens.labels.synthetic import build_photo_bundle
+
+        if out.exists():
+            shutil.rmtree(out)
+        ctx.log(f"labels: network pipeline unavailable ({exc}); using synthetic maps over real photos")
+        return build_photo_bundle(out), "SYNTHETIC cluster maps over real photos (network pipeline unavailable)"
+
+
 def section(ctx: Any) -> Any:
-    """Demo section: bundle → game with simulated players → export → labels process → report."""
+    """Demo section: network bundle → game with SIMULATED players → export → labels process → report."""
     from featurelens.demo import DemoSection
     from featurelens.labels.io import read_labels
     from featurelens.labels.pipeline import process_labels
     from featurelens.labels.report import make_figures, report_html, write_report
-    from featurelens.labels.synthetic import DEFAULT_PHOTOS, build_photo_bundle
 
     out = Path(ctx.out_dir) / "labels"
     out.mkdir(parents=True, exist_ok=True)
-    photos = [p for p in DEFAULT_PHOTOS if p.image_id in ("cat_a", "cat_b", "mug_a", "rocket_a")] if ctx.quick else None
-    bundle_dir = out / "bundle"
-    if (bundle_dir / "bundle.json").exists():
-        import shutil
-
-        shutil.rmtree(bundle_dir)
-    ctx.log("labels: building a bundle of real photos with synthetic cluster maps")
-    bundle = build_photo_bundle(bundle_dir, photos=photos)
-    ctx.log("labels: simulated players play the game through its HTTP API")
-    export, game = play_campaign(bundle_dir, out / "game", players=3 if ctx.quick else 6)
+    ctx.log("labels: building an explanation bundle")
+    bundle, described = network_bundle(ctx, out / "bundle")
+    concepts = photo_concepts if bundle.model.get("name") != "synthetic-maps" else planted_concepts
+    ctx.log("labels: SIMULATED players play the game through its HTTP API")
+    export, game = play_campaign(bundle.root, out / "game", players=3 if ctx.quick else 6, concepts=concepts)
     ctx.log(f"labels: {game['export_rows']} exported label rows; processing with Sentence-BERT")
     processed = process_labels(bundle, read_labels(export))
     saved = processed.save(out / "processed")
-    page = write_report(bundle, processed, out / "report", title="Labelled network explanations (simulated players)")
+    page = write_report(bundle, processed, out / "report", title="Labelled network explanations (SIMULATED players)")
     figures = make_figures(bundle, processed)
     html = (
         f"<p><b>{SIMULATED_NOTE}</b></p>"
-        f"<p>Bundle: real scikit-image photos with synthetic cluster maps ({len(bundle.images)} images, "
-        f"{len(bundle.layers)} layers). Game: {game['players']} simulated players, {game['answers']} answers, "
-        f"{game['export_rows']} exported label rows in {game['seconds']} s. Full report: "
-        f"<a href='labels/report/index.html'>labels/report/index.html</a>.</p>"
+        f"<p>Bundle: {described}. Game: {game['players']} simulated players, {game['answers']} answers, "
+        f"{game['export_rows']} exported label rows ({game['seconds']} s, in-process HTTP). Full report: "
+        f"<a href='labels/report/index.html'>labels/report/index.html</a>; processed labels in "
+        f"<code>labels/processed/</code>.</p>"
         + report_html(bundle, processed, figures, fragment=True)
     )
     files = [str(p.relative_to(ctx.out_dir)) for p in [export, *saved, page]]
-    summary = {"simulated_players": True, **{k: v for k, v in game.items() if k != "errors"},
-               "game_errors": len(game["errors"]), **{k: v for k, v in processed.counts.items()
-                                                       if isinstance(v, int)}}
-    return DemoSection(title="Crowd labels → explanations (simulated players)", html=html, files=files, summary=summary)
+    summary = {
+        "simulated_players": True,
+        "bundle": described,
+        **{k: v for k, v in game.items() if k != "errors"},
+        "game_errors": len(game["errors"]),
+        **{k: v for k, v in processed.counts.items() if isinstance(v, int)},
+    }
+    return DemoSection(title="Crowd labels → explanations (SIMULATED players)", html=html, files=files,
+                       summary=summary)
