@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="comma-separated: deletion, insertion, adic (Average Drop / Increase in Confidence; "
         "alias adcc), pointing, energy-pointing, sanity (default: deletion,insertion,adic)",
     )
+    p.add_argument("--similarity-metric", choices=["cosine", "euclidean"], default="cosine",
+                   help="similarity mode: the similarity being explained (default cosine)")
     p.add_argument("--steps", type=_positive_int, default=50, help="deletion/insertion steps (default 50)")
     p.add_argument(
         "--baseline",
