@@ -370,8 +370,8 @@ def test_admin_token_is_required(make_app, sqlite_url, game_bundle):
 
 # -- database --------------------------------------------------------------------------------
 def test_migrations_match_the_models(db_url):
-    from alembic.migration import MigrationContext
     from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
 
     from featurelens.game.db import make_engine, migrate
     from featurelens.game.models import Base

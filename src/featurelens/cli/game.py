@@ -138,7 +138,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         print("featurelens: no admin token given: admin endpoints are disabled", file=sys.stderr)
     uvicorn.run("featurelens.game.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, access_log=False)
+                workers=args.workers, log_level=args.log_level, access_log=False,
+                # a worker imports torch through the featurelens package (seconds on a busy machine):
+                # give it time before the supervisor declares it dead
+                timeout_worker_healthcheck=120)
     return 0
 
 

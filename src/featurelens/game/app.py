@@ -412,9 +412,20 @@ def create_app(
         return {"player": player.username, "csrf_token": player.csrf_token,
                 "stats": store.player_stats(db, player.player_id)}
 
-    def _round_json(view: store.RoundView) -> dict[str, Any]:
+    def _is_admin(request: Request) -> bool:
+        try:
+            require_admin(request)
+            return True
+        except _AdminError:
+            return False
+
+    def _round_json(view: store.RoundView, request: Request) -> dict[str, Any]:
         d = view.to_dict()
         d["image_url"] = f"/round/{view.id}/image/r{view.reveal_step}.jpg"
+        if view.status == "open" and not _is_admin(request):
+            # image and cluster ids can name the class ("cat_3/head/1"): hidden until the round is over,
+            # except for simulations that send the admin token ("oracle" players)
+            d["cluster_id"] = d["image_id"] = None
         return d
 
     @app.post("/api/rounds")
@@ -424,19 +435,19 @@ def create_app(
         view = store.next_round(db, player.player_id, body.campaign if body else None, gold_rate=gold_rate)
         if view is None:
             return JSONResponse({"detail": "no maps left for you in this campaign", "round": None}, status_code=404)
-        return JSONResponse({"round": _round_json(view)})
+        return JSONResponse({"round": _round_json(view, request)})
 
     @app.get("/api/rounds/{round_id}")
     def api_round(request: Request, round_id: int) -> dict[str, Any]:
         player = api_player(request)
-        return {"round": _round_json(store.get_round(db, player.player_id, round_id))}
+        return {"round": _round_json(store.get_round(db, player.player_id, round_id), request)}
 
     @app.post("/api/rounds/{round_id}/reveal")
     def api_reveal(request: Request, round_id: int, body: Annotated[Reveal | None, Body()] = None) -> dict[str, Any]:
         player = api_player(request)
         check_csrf(request, None)
         view = store.reveal_more(db, player.player_id, round_id, body.to_step if body else None)
-        return {"round": _round_json(view)}
+        return {"round": _round_json(view, request)}
 
     def _api_answer(request: Request, round_id: int, body: Answer, give_up: bool) -> Response:
         player = api_player(request)
@@ -445,7 +456,7 @@ def create_app(
         res = store.finish_round(db, player.player_id, round_id,
                                  guessed_class=None if give_up else (body.guessed_class or ""),
                                  labels=body.labels, idempotency_key=key, matcher=matcher, rate_limit=rate_limit)
-        return JSONResponse({"round": _round_json(res.round), "points": res.points, "replayed": res.replayed},
+        return JSONResponse({"round": _round_json(res.round, request), "points": res.points, "replayed": res.replayed},
                             status_code=200 if res.replayed else 201)
 
     @app.post("/api/rounds/{round_id}/guess")

@@ -56,15 +56,15 @@ class LabelMatcher(Protocol):
 def _lemma(word: str) -> str:
     from lemminflect import getAllLemmas
 
-    lemmas = getAllLemmas(word)
-    for upos in ("NOUN", "VERB", "ADJ", "ADV", "PROPN"):
-        if lemmas.get(upos):
-            return lemmas[upos][0].lower()
-    return word
+    # the shortest lemma over all parts of speech, so that "running" (NOUN running / VERB run)
+    # and "run" meet, and "pointed" (ADJ pointed / VERB point) and "point" meet
+    candidates = {lemma.lower() for forms in getAllLemmas(word).values() for lemma in forms}
+    return min(candidates, key=lambda x: (len(x), x)) if candidates else word
 
 
 class LemmaMatcher:
-    """Normalised-lemma equality: NFKC, casefold, words, drop stop words, lemmatise, sort."""
+    """Normalised-lemma equality: NFKC, casefold, words, drop stop words, lemmatise (shortest lemma of
+    any part of speech, lemminflect), de-duplicate and sort: a label is a bag of lemmas."""
 
     def normalize(self, text: str) -> str:
         text = unicodedata.normalize("NFKC", text).casefold()

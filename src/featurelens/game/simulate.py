@@ -7,7 +7,7 @@ client (the session cookie lives in the client's cookie jar)::
     from featurelens.game.simulate import PlayerProfile, simulate
     profiles = [PlayerProfile(f"sim{i}", accuracy=0.8, reveals=(0, 3),
                               labels={"blocks.12": ["fur", "ear"], "*": ["texture"]}) for i in range(5)]
-    result = simulate(lambda: TestClient(app), profiles, rounds=4, truth=bundle)
+    result = simulate(lambda: TestClient(app), profiles, rounds=4, truth=bundle, admin_token=TOKEN)
     result.submissions  # every acknowledged answer (player, cluster_id, labels, ...)
 
 Configurable per player (:class:`PlayerProfile`): which labels they type (a mapping keyed by cluster id,
@@ -101,8 +101,8 @@ def _labels_for(spec: LabelSpec, rnd: dict[str, Any], truth: str | None, rng: ra
     if callable(spec):
         return [str(x) for x in spec(rnd)]
     if spec:
-        for key in (rnd["cluster_id"], f"{rnd['layer']}/{rnd['cluster_index']}", rnd["layer"], rnd["image_id"],
-                    truth or "\0", "*"):
+        for key in (rnd["cluster_id"] or "\0", f"{rnd['layer']}/{rnd['cluster_index']}", rnd["layer"],
+                    rnd["image_id"] or "\0", truth or "\0", "*"):
             if key in spec:
                 return [str(x) for x in spec[key]]
     return [rng.choice(_DEFAULT_WORDS)]
@@ -110,8 +110,9 @@ def _labels_for(spec: LabelSpec, rnd: dict[str, Any], truth: str | None, rng: ra
 
 class _Player:
     def __init__(self, client: Any, profile: PlayerProfile, truth: Mapping[str, str | None], campaign: str | None,
-                 deadline: float, result: SimulationResult) -> None:
+                 deadline: float, result: SimulationResult, admin_token: str | None = None) -> None:
         self.c, self.p, self.truth, self.campaign = client, profile, truth, campaign
+        self.oracle = {"X-Admin-Token": admin_token} if admin_token else {}
         self.deadline, self.res = deadline, result
         self.rng = random.Random(profile.seed if profile.seed is not None else hash(profile.name))
         self.csrf = ""
@@ -163,7 +164,7 @@ class _Player:
         self.csrf = r.json()["csrf_token"]
 
     def play_round(self) -> bool:
-        r = self.call("next", "POST", "/api/rounds", json={"campaign": self.campaign})
+        r = self.call("next", "POST", "/api/rounds", json={"campaign": self.campaign}, headers=self.oracle)
         if r.status_code == 404:
             return False
         if r.status_code != 200:
@@ -182,7 +183,7 @@ class _Player:
             if self.p.fetch_images:
                 self.call("image", "GET", rnd["image_url"])
         time.sleep(self.p.think_time)
-        truth = self.truth.get(rnd["image_id"])
+        truth = self.truth.get(rnd["image_id"] or "")
         labels = _labels_for(self.p.labels, rnd, truth, self.rng)
         key = uuid.uuid4().hex
         give_up = self.rng.random() < self.p.give_up_rate
@@ -210,14 +211,14 @@ class _Player:
 
 
 def run_player(client: Any, profile: PlayerProfile, *, rounds: int | None = None, duration: float | None = None,
-               truth: Any = None, campaign: str | None = None) -> SimulationResult:
+               truth: Any = None, campaign: str | None = None, admin_token: str | None = None) -> SimulationResult:
     """One simulated player: sign up (or log in), then play ``rounds`` rounds or until ``duration`` s pass
     (whichever comes first), or until no map is left for them."""
     if rounds is None and duration is None:
         raise ValueError("give rounds, duration or both")
     res = SimulationResult()
     deadline = time.monotonic() + (duration if duration is not None else 3600.0)
-    pl = _Player(client, profile, truth_map(truth), campaign, deadline, res)
+    pl = _Player(client, profile, truth_map(truth), campaign, deadline, res, admin_token)
     try:
         pl.login()
         n = 0
@@ -232,15 +233,20 @@ def run_player(client: Any, profile: PlayerProfile, *, rounds: int | None = None
 
 def simulate(client_factory: Callable[[], Any], profiles: Sequence[PlayerProfile], *, rounds: int | None = None,
              duration: float | None = None, truth: Any = None, campaign: str | None = None,
-             concurrency: int | None = None) -> SimulationResult:
-    """Run every profile concurrently (threads), each with its own client from ``client_factory``."""
+             concurrency: int | None = None, admin_token: str | None = None) -> SimulationResult:
+    """Run every profile concurrently (threads), each with its own client from ``client_factory``.
+
+    A running round hides its image and cluster ids from players (they can name the class). Pass the
+    server's ``admin_token`` to make the players "oracles" that see them: needed for ``accuracy`` (with
+    ``truth``) and for labels keyed by cluster id, image id or class; without it players guess at random
+    and labels are chosen by layer, ``"<layer>/<index>"`` or ``"*"``."""
     total = SimulationResult()
 
     def one(profile: PlayerProfile) -> None:
         client = client_factory()
         try:
             total.merge(run_player(client, profile, rounds=rounds, duration=duration, truth=truth,
-                                   campaign=campaign))
+                                   campaign=campaign, admin_token=admin_token))
         finally:
             close = getattr(client, "close", None)
             if close:
