@@ -118,6 +118,20 @@ def pca_init(x: Tensor, n_components: int = 2) -> Tensor:
     return y / std * 1e-4 if float(std) > 0 else y
 
 
+def kl_gradient(p: Tensor, y: Tensor, eye: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``∂KL(P‖Q)/∂y = 4 Σ_j (p_ij − q_ij)(1 + ‖y_i − y_j‖²)^{-1}(y_i − y_j)``; also returns the kernel
+    ``num_ij = (1 + ‖y_i − y_j‖²)^{-1}`` (zero diagonal) and its sum ``Z`` (so ``Q = num / Z``)."""
+    if eye is None:
+        eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    sq = (y * y).sum(1)
+    num = torch.addmm(sq[:, None] + sq[None, :], y, y.T, alpha=-2.0).clamp_min_(0.0).add_(1.0).reciprocal_()
+    num.masked_fill_(eye, 0.0)
+    z = num.sum()
+    pq = (p - num / z).mul_(num)
+    grad = 4.0 * (pq.sum(1, keepdim=True) * y - pq @ y)
+    return grad, num, z
+
+
 def kl_divergence(p: Tensor, y: Tensor) -> float:
     """KL(P ‖ Q) for the embedding ``y`` (P full and normalised)."""
     num = 1.0 / (1.0 + squared_distances(y))
@@ -165,12 +179,7 @@ def tsne(
     for start, stop, pp, momentum, patience in phases:
         best_error, best_iter = math.inf, start
         for i in range(start, stop):
-            sq = (y * y).sum(1)
-            num = torch.addmm(sq[:, None] + sq[None, :], y, y.T, alpha=-2.0).clamp_min_(0.0).add_(1.0).reciprocal_()
-            num.masked_fill_(eye, 0.0)
-            z = num.sum()
-            pq = (pp - num / z).mul_(num)
-            grad = 4.0 * (pq.sum(1, keepdim=True) * y - pq @ y)
+            grad, num, z = kl_gradient(pp, y, eye)
             check = (i + 1) % params.n_iter_check == 0
             if check:  # KL at the current (pre-update) embedding, as scikit-learn does
                 q = (num / z).clamp_min_(MACHINE_EPSILON)
@@ -188,3 +197,30 @@ def tsne(
                 if float(torch.linalg.vector_norm(grad)) <= params.min_grad_norm:
                     break
     return y.to(torch.float64)
+
+
+def spectral_embedding(x: Tensor, perplexity: float = 30.0, dims: int = 2) -> Tensor:
+    """Laplacian eigenmap of the t-SNE affinities ``P`` of ``x`` ``[N, D]`` → ``[N, dims]`` (float64).
+
+    The non-trivial leading eigenvectors ``v`` of ``D^{-1/2} P D^{-1/2}`` (``D`` the degrees),
+    returned as random-walk coordinates ``D^{-1/2} v`` with deterministic signs (the largest-magnitude
+    entry is positive). Early-exaggerated t-SNE behaves like spectral clustering on ``P``
+    (Linderman & Steinerberger 2019, Arora et al. 2018), which is why the fast mode uses this
+    embedding in place of the t-SNE descent.
+    """
+    n = x.shape[0]
+    if n < 3:
+        return torch.zeros(n, dims, dtype=torch.float64, device=x.device)
+    p = joint_affinities(x, effective_perplexity(perplexity, n))
+    deg = p.sum(1).clamp_min(MACHINE_EPSILON)
+    inv_sqrt = deg.rsqrt()
+    sym = p * inv_sqrt[:, None] * inv_sqrt[None, :]
+    _, vecs = torch.linalg.eigh((sym + sym.T) / 2.0)
+    k = min(dims, n - 1)
+    v = vecs[:, -k - 1:-1].flip(1) * inv_sqrt[:, None]
+    signs = torch.sign(v.gather(0, v.abs().argmax(0, keepdim=True))).squeeze(0)
+    signs[signs == 0] = 1.0
+    v = v * signs[None, :]
+    if k < dims:
+        v = torch.cat([v, torch.zeros(n, dims - k, dtype=v.dtype, device=v.device)], 1)
+    return v

@@ -1,0 +1,223 @@
+"""Reference tests of each step of the network explanation on constructed feature maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import silhouette_score as sk_silhouette
+
+from featurelens.network import clustering as C
+from featurelens.network.pipeline import NetworkParams, deletion_masks, embed, explain_layer
+from featurelens.network.tsne import (
+    TSNEParams,
+    joint_affinities,
+    kl_divergence,
+    kl_gradient,
+    spectral_embedding,
+    tsne,
+)
+
+
+def three_pattern_maps(per: int = 12, size: int = 14, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Channels built from three known spatial patterns (blobs at three places), random gain + noise."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    centres = [(3.0, 3.0), (3.0, 10.0), (10.0, 6.5)]
+    patterns = [torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 6.0) for cy, cx in centres]
+    maps, labels = [], []
+    for k, pat in enumerate(patterns):
+        for _ in range(per):
+            gain = 0.5 + torch.rand(1, generator=g)
+            maps.append(gain * pat + 0.03 * torch.randn(size, size, generator=g))
+            labels.append(k)
+    return torch.stack(maps), np.array(labels)
+
+
+# -- step 1 ------------------------------------------------------------------
+def test_channel_weights_match_explicit_formula_and_sum_to_100():
+    torch.manual_seed(0)
+    a, g = torch.randn(7, 5, 6), torch.randn(7, 5, 6)
+    w = C.channel_weights(a, g)
+    alpha = torch.zeros(7)
+    for k in range(7):
+        total = 0.0
+        for i in range(5):
+            for j in range(6):
+                if a[k, i, j] > 0 and g[k, i, j] > 0:
+                    total += float(g[k, i, j])
+        alpha[k] = total / 30
+    assert torch.allclose(w, 100 * alpha / alpha.sum(), atol=1e-5)
+    assert math.isclose(float(w.sum()), 100.0, rel_tol=1e-5)
+
+
+def test_channel_weights_all_zero_gradient_gives_zeros_not_nan():
+    w = C.channel_weights(torch.rand(4, 3, 3), torch.zeros(4, 3, 3))
+    assert torch.equal(w, torch.zeros(4))
+    assert C.prune_channels(w).numel() == 0
+
+
+# -- step 2 ------------------------------------------------------------------
+def test_pruning_threshold_is_factor_times_uniform_share():
+    # K = 10 -> uniform share 10 %, threshold 9 %
+    w = torch.tensor([9.0, 8.999, 30.0, 0.0, 9.001, 10.0, 5.0, 8.0, 10.0, 10.0])
+    kept = C.prune_channels(w, 0.9)
+    assert kept.tolist() == [0, 2, 4, 5, 8, 9]
+    assert C.prune_channels(w, 0.5).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+# -- step 3 ------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["faithful", "fast", "pca"])
+def test_three_known_patterns_come_out_as_three_clusters(mode):
+    maps, truth = three_pattern_maps()
+    feats = C.minmax_rows(maps.flatten(1))
+    points = embed(feats, NetworkParams(mode=mode))
+    clus = C.best_ward(points, 3, 8)
+    assert clus.k == 3
+    assert adjusted_rand_score(truth, clus.labels) == 1.0
+
+
+def test_silhouette_matches_sklearn():
+    torch.manual_seed(3)
+    pts = torch.randn(40, 2, dtype=torch.float64)
+    labels = torch.randint(0, 4, (40,))
+    labels[:4] = torch.tensor([0, 1, 2, 3])
+    assert math.isclose(C.silhouette(pts, labels), float(sk_silhouette(pts.numpy(), labels.numpy())), rel_tol=1e-7)
+
+
+def test_ward_cuts_have_exactly_k_clusters_and_match_sklearn():
+    from sklearn.cluster import AgglomerativeClustering
+
+    torch.manual_seed(4)
+    pts = torch.randn(30, 2)
+    cuts = C.ward_labels(pts, [3, 5])
+    for k in (3, 5):
+        ref = AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(pts.numpy())
+        assert len(set(cuts[k].tolist())) == k
+        assert adjusted_rand_score(ref, cuts[k]) == 1.0
+
+
+def test_pca_matches_sklearn_up_to_sign():
+    from sklearn.decomposition import PCA
+
+    torch.manual_seed(5)
+    x = torch.rand(25, 40, dtype=torch.float64)
+    ours = C.pca(x, 5).numpy()
+    ref = PCA(5, svd_solver="full").fit_transform(x.numpy())
+    assert np.allclose(np.abs(ours), np.abs(ref), atol=1e-9)
+
+
+def test_joint_affinities_match_sklearn():
+    from scipy.spatial.distance import squareform
+    from sklearn.manifold._t_sne import _joint_probabilities
+
+    torch.manual_seed(6)
+    x = torch.rand(50, 8, dtype=torch.float64)
+    d = torch.cdist(x, x) ** 2
+    ref = squareform(_joint_probabilities(d.numpy().astype(np.float32), 10.0, 0))
+    ours = joint_affinities(x, 10.0).numpy()
+    np.fill_diagonal(ref, 0.0)
+    assert np.allclose(ours, ref, rtol=1e-3, atol=1e-9)
+    assert math.isclose(ours.sum(), 1.0, rel_tol=1e-6)
+
+
+def test_tsne_gradient_matches_autograd_of_kl():
+    torch.manual_seed(7)
+    x = torch.rand(20, 5, dtype=torch.float64)
+    p = joint_affinities(x, 5.0)
+    y = torch.randn(20, 2, dtype=torch.float64, requires_grad=True)
+    num = 1.0 / (1.0 + torch.cdist(y, y) ** 2)
+    num = num * (1 - torch.eye(20, dtype=torch.float64))
+    q = num / num.sum()
+    mask = p > 0
+    kl = (p[mask] * torch.log(p[mask] / q[mask])).sum()
+    (auto,) = torch.autograd.grad(kl, y)
+    grad, _, _ = kl_gradient(p, y.detach())
+    assert torch.allclose(grad, auto, atol=1e-10)
+    assert math.isclose(kl_divergence(p, y.detach()), float(kl.detach()), rel_tol=1e-9)
+
+
+def test_tsne_agrees_with_sklearn_exact_on_separated_data():
+    from sklearn.manifold import TSNE
+
+    maps, truth = three_pattern_maps(per=10)
+    x = C.pca(C.minmax_rows(maps.flatten(1)), 50)
+    ref = TSNE(2, init="pca", method="exact", perplexity=9.0, random_state=0).fit_transform(x.numpy())
+    ours = tsne(x, TSNEParams(perplexity=9.0), dtype=torch.float64).numpy()
+    lab_ref, lab_ours = C.best_ward(torch.from_numpy(ref)).labels, C.best_ward(torch.from_numpy(ours)).labels
+    assert adjusted_rand_score(lab_ref, lab_ours) == 1.0
+    assert adjusted_rand_score(truth, lab_ours) == 1.0
+
+
+def test_tsne_and_spectral_are_deterministic():
+    maps, _ = three_pattern_maps(per=8, seed=2)
+    x = C.pca(C.minmax_rows(maps.flatten(1)), 50)
+    assert torch.equal(tsne(x), tsne(x))
+    assert torch.equal(spectral_embedding(x), spectral_embedding(x))
+
+
+# -- step 4 ------------------------------------------------------------------
+def test_cluster_weights_and_dropping_rule():
+    w = torch.tensor([10.0, 5.0, 20.0, 1.0, 2.0, 30.0])
+    labels = np.array([0, 0, 1, 2, 2, 3])
+    wc = C.cluster_weights(w, labels)
+    assert wc.tolist() == [15.0, 20.0, 3.0, 30.0]
+    # threshold = max(30/3, mean(17)/2 = 8.5) = 10 -> keep 3 (30), 1 (20), 0 (15), ordered by weight
+    assert C.keep_clusters(wc).tolist() == [3, 1, 0]
+    # the mean rule binds when clusters are even: threshold max(10/3, 8.5/2 = 4.25) drops 4.0
+    assert C.keep_clusters(torch.tensor([10.0, 10.0, 10.0, 4.0])).tolist() == [0, 1, 2]
+    assert C.keep_clusters(torch.tensor([10.0, 10.0, 10.0, 4.3])).tolist() == [0, 1, 2, 3]
+
+
+# -- step 5 ------------------------------------------------------------------
+def test_cluster_map_matches_explicit_loop_and_finish_map_range():
+    torch.manual_seed(8)
+    maps, w = torch.rand(4, 5, 6), torch.tensor([1.0, 3.0, 0.5, 2.0])
+    expect = torch.zeros(5, 6)
+    for k in range(4):
+        expect += w[k] * maps[k]
+    expect /= w.sum()
+    assert torch.allclose(C.cluster_map(maps, w), expect, atol=1e-6)
+    up = C.finish_map(expect, (20, 24), smooth_sigma=None)
+    ref = torch.nn.functional.interpolate(expect[None, None], size=(20, 24), mode="bilinear", align_corners=False)[0, 0]
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    assert torch.allclose(up, ref, atol=1e-6)
+    smooth = C.finish_map(expect, (20, 24), smooth_sigma=1.0)
+    assert float(smooth.min()) == 0.0 and math.isclose(float(smooth.max()), 1.0, rel_tol=1e-6)
+
+
+def test_gaussian_blur_keeps_constants_and_mass():
+    flat = torch.full((1, 9, 9), 0.7)
+    assert torch.allclose(C.gaussian_blur(flat, 1.0), flat, atol=1e-6)
+    spike = torch.zeros(1, 15, 15)
+    spike[0, 7, 7] = 1.0
+    assert math.isclose(float(C.gaussian_blur(spike, 1.0).sum()), 1.0, rel_tol=1e-5)
+
+
+# -- a whole layer -------------------------------------------------------------
+def test_explain_layer_on_constructed_layer_and_degenerate_cases():
+    maps, truth = three_pattern_maps(per=10)
+    k = maps.shape[0]
+    grads = torch.ones_like(maps) * torch.linspace(1.0, 1.2, k)[:, None, None]
+    res = explain_layer("toy", maps.clamp_min(0), grads, (28, 28), NetworkParams(effect=False))
+    assert res.k == 3 and len(res.clusters) == 3
+    assert math.isclose(float(res.weights.sum()), 100.0, rel_tol=1e-5)
+    groups = sorted(sorted(set(truth[c.channels].tolist())) for c in res.clusters)
+    assert groups == [[0], [1], [2]]  # every cluster is pure
+    assert [c.weight for c in res.clusters] == sorted((c.weight for c in res.clusters), reverse=True)
+    assert all(c.image_map.shape == (28, 28) and c.feature_map.shape == (14, 14) for c in res.clusters)
+    # all-zero gradients: no cluster, no crash
+    zero = explain_layer("toy", maps, torch.zeros_like(maps), (28, 28), NetworkParams())
+    assert zero.clusters == [] and zero.kept.size == 0
+    # fewer kept channels than clusters: one cluster with both
+    two = explain_layer("toy", maps[:2].clamp_min(0), torch.ones(2, 14, 14), (28, 28), NetworkParams())
+    assert len(two.clusters) == 1 and sorted(two.clusters[0].channels) == [0, 1]
+
+
+def test_deletion_masks_cover_the_requested_fraction():
+    torch.manual_seed(9)
+    m = deletion_masks(torch.rand(3, 10, 10), 0.2)
+    assert m.sum((1, 2)).tolist() == [20.0, 20.0, 20.0]
