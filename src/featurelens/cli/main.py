@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "labels",
     "evaluate",
     "similarity",
+    "game",
     "network",
 ]
 
