@@ -120,3 +120,20 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def truth_for_round(db_url: str, round_id: int) -> str:
+    """The class the round's photo shows (read from the database, as an oracle for tests)."""
+    from sqlalchemy import select
+
+    from featurelens.game.db import Database, make_engine
+    from featurelens.game.models import Round
+
+    db = Database(make_engine(db_url))
+    try:
+        with db.read() as s:
+            rnd = s.scalars(select(Round).where(Round.id == round_id)).one()
+            img = rnd.cluster.image
+            return img.true_class or img.predicted_class
+    finally:
+        db.dispose()
