@@ -187,3 +187,25 @@ def test_save_and_load_round_trip(tmp_path, label_bundle, processed):
     assert [g.layer for g in global_explanations(label_bundle, back)["tabby cat"]] == ["blocks.4", "blocks.10", "head"]
     with pytest.raises(LabelsError, match=r"no labels\.json"):
         load_processed(tmp_path)
+
+
+def test_context_weight_groups_what_sentence_bert_misses(label_bundle, sbert):
+    """MiniLM puts "moustache hairs" nearer "fur" than "whiskers"; the paper's text-only grouping keeps it apart.
+    Mixing in co-occurrence on the same cluster maps (λ = 0.5) joins it to the whisker group."""
+    from featurelens.labels.group import GroupParams
+    from featurelens.labels.synthetic import FAMILIES, simulated_export
+
+    fam = {k: dict(v) for k, v in FAMILIES.items()}
+    fam["tabby cat"]["whisker"] = [*fam["tabby cat"]["whisker"], "moustache hairs", "moustache hairs"]
+    recs = simulated_export(label_bundle, families=fam, seed=1)
+
+    def rep_of_moustache(lam):
+        out = process_labels(label_bundle, recs, embedder=sbert, params=LabelParams(group=GroupParams(context_weight=lam)))
+        reps = {x.representative for x in out.labels if x.raw_label == "moustache hairs"}
+        whisker = {x.representative for x in out.labels if x.raw_label == "long whiskers"}
+        return reps, whisker
+
+    alone, whisker = rep_of_moustache(0.0)
+    assert whisker == {"whisker"} and alone != {"whisker"}
+    joined, whisker = rep_of_moustache(0.5)
+    assert joined == whisker == {"whisker"}

@@ -30,7 +30,8 @@ def _process(args: argparse.Namespace) -> int:
     params = replace(
         base,
         score=ScoreParams(step_penalty=args.step_penalty, wrong_divisor=args.wrong_divisor),
-        group=replace(GroupParams(), single_group_distance=args.single_group_distance),
+        group=replace(GroupParams(), single_group_distance=args.single_group_distance,
+                      context_weight=args.context_weight),
         fix_typos=not args.no_typo_fix,
         top_labels_global=args.top,
     )
@@ -74,6 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--wrong-divisor", type=float, default=d.score.wrong_divisor, help="score divisor when nobody guessed right")
     p.add_argument("--single-group-distance", type=float, default=d.group.single_group_distance,
                    help="cosine distance under which a whole tiny label set is one group")
+    p.add_argument("--context-weight", type=float, default=d.group.context_weight,
+                   help="λ in [0, 1]: mix co-occurrence on the same cluster maps into the label distance (0 = paper)")
     p.add_argument("--no-typo-fix", action="store_true", help="do not replace likely typos by frequent close words")
     p.add_argument("--top", type=int, default=d.top_labels_global, help="labels per class and layer in global explanations")
     p.set_defaults(func=_process)

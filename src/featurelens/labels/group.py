@@ -8,6 +8,11 @@ cannot score k = 1 or k = n, so tiny or tight sets are decided by a distance: wh
 diameter of all n labels is at most ``single_group_distance``, they form one group; for n = 2 the
 pair is one group if closer than that, else two.
 
+Optional (``context_weight`` λ > 0, not in the paper): the distance becomes
+``(1 − λ)·d_text + λ·d_context`` where ``d_context`` is the cosine distance between the labels' counts over
+cluster maps. Sentence-BERT (MiniLM) puts "moustache hairs" nearer to "fur" than to "whiskers"; players who
+give both to the same maps tell us they mean the same thing.
+
 Representative word (after the paper): among the single non-stop-words w of the group's labels, the one
 maximising ``Σ_labels count(l) · cos(e(w), e(l))``, i.e. the word whose embedding is closest in total to
 the group's labels; it is then lemmatised (lemminflect, offline) so that "ears" and "ear" name the same
@@ -44,18 +49,36 @@ class GroupParams:
     min_word_length: int = 2  # shorter words are never representatives
     stop_words: frozenset[str] = field(default_factory=lambda: frozenset(ENGLISH_STOP_WORDS) | EXTRA_STOP_WORDS)
     lemmatise: bool = True
+    context_weight: float = 0.0  # λ: mix of the labels' co-occurrence on cluster maps into the distance (0 = paper)
 
 
-def cluster_embeddings(emb: np.ndarray, params: GroupParams | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Group assignments (0-based, ordered by first appearance) and the silhouette per k tried."""
+def label_distances(emb: np.ndarray, context: np.ndarray | None = None, context_weight: float = 0.0) -> np.ndarray:
+    """Condensed pairwise distances: ``(1 − λ)·d_cos(e_a, e_b) + λ·d_cos(o_a, o_b)``.
+
+    ``e`` are the text embeddings; ``o`` (optional, ``context``) the labels' occurrence counts over cluster maps,
+    so that labels that players give to the same maps move closer (λ = ``context_weight``; 0 = text only).
+    """
+    dist = np.clip(pdist(unit_rows(emb), metric="cosine"), 0.0, 2.0)
+    if context is not None and context_weight > 0:
+        ctx = np.clip(pdist(unit_rows(np.asarray(context, dtype=np.float64)), metric="cosine"), 0.0, 1.0)
+        dist = (1.0 - context_weight) * dist + context_weight * ctx
+    return dist
+
+
+def cluster_embeddings(
+    emb: np.ndarray, params: GroupParams | None = None, context: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Group assignments (0-based, ordered by first appearance) and the silhouette per k tried.
+
+    ``context`` ([n, M] label-by-cluster-map counts) is used only when ``params.context_weight > 0``.
+    """
     p = params or GroupParams()
     n = len(emb)
     if n == 0:
         return np.zeros(0, dtype=int), {}
     if n == 1:
         return np.zeros(1, dtype=int), {}
-    x = unit_rows(emb)
-    dist = np.clip(pdist(x, metric="cosine"), 0.0, 2.0)
+    dist = label_distances(emb, context, p.context_weight)
     if n == 2 or float(dist.max()) <= p.single_group_distance:
         if float(dist.max()) <= p.single_group_distance:
             return np.zeros(n, dtype=int), {}

@@ -368,7 +368,15 @@ def process_labels(
         counter = Counter(x.text for x in items)
         texts = list(counter)
         emb = embedder.encode(texts)
-        assign, sil = cluster_embeddings(np.asarray(emb), p.group)
+        context = None
+        if p.group.context_weight > 0:
+            maps = sorted({x.cluster_id for x in items})
+            col = {cid: j for j, cid in enumerate(maps)}
+            row = {t: i for i, t in enumerate(texts)}
+            context = np.zeros((len(texts), len(maps)))
+            for x in items:
+                context[row[x.text], col[x.cluster_id]] += 1
+        assign, sil = cluster_embeddings(np.asarray(emb), p.group, context)
         silhouettes[class_name] = sil
         # name groups, then merge groups sharing a representative
         raw_groups: dict[int, list[str]] = defaultdict(list)
