@@ -15,6 +15,7 @@ from featurelens.methods.gradcam import GradCAM
 from featurelens.methods.gradcampp import GradCAMPlusPlus
 from featurelens.methods.hirescam import HiResCAM
 from featurelens.methods.layercam import LayerCAM
+from featurelens.methods.relevancecam import RelevanceCAM
 from featurelens.methods.scorecam import ScoreCAM
 from featurelens.methods.xgradcam import XGradCAM
 
@@ -28,6 +29,7 @@ __all__ = [
     "LayerState",
     "Method",
     "MethodContext",
+    "RelevanceCAM",
     "ScoreCAM",
     "XGradCAM",
     "get_method",
