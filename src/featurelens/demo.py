@@ -122,12 +122,12 @@ def run_demo(
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}".splitlines()[0]
             details = traceback.format_exc()
-            title = entry.partition(":")[0].rsplit(".", 1)[-1]
+            title = entry.partition(":")[0].removeprefix("featurelens.")
             body = error_box(f"This section failed ({entry})", message, details)
             if isinstance(exc, SectionFailed):
                 body = body + exc.html
                 record.update(files=exc.files, summary=exc.summary)
-            page_sections.append(Section(f"{title} (failed)", body, error=True))
+            page_sections.append(Section(f"{title}: failed", body, error=True))
             record.update(title=title, status="error", error=message)
             log(f"  failed: {message}")
         record["seconds"] = round(time.perf_counter() - t0, 2)

@@ -37,7 +37,10 @@ def _options(name: str, quick: bool) -> dict[str, Any]:
 
 
 def _bar(p: float) -> Raw:
-    return Raw(f'<span class="bar" style="width:{max(1, round(120 * p))}px"></span> {p:.1%}')
+    width = max(1, round(110 * p))
+    return Raw(
+        f'<span style="white-space:nowrap"><span class="bar" style="width:{width}px"></span> {p:.1%}</span>'
+    )
 
 
 def section(ctx: DemoContext) -> DemoSection:
