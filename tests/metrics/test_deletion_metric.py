@@ -143,3 +143,11 @@ def test_step_counts_and_bad_arguments(region, positive_inputs):
         deletion_curve(score, positive_inputs, maps, steps=0)
     # maps at another resolution are resized
     assert deletion_curve(score, positive_inputs, torch.rand(4, 4, 4), steps=4).scores.shape == (4, 5)
+
+
+def test_explain_fn_accepted_in_place_of_maps(region, positive_inputs):
+    _, score = region_score(region)
+    maps = torch.rand(4, 16, 16)
+    direct = deletion_curve(score, positive_inputs, maps, steps=5)
+    via_fn = deletion_curve(score, positive_inputs, lambda x: maps[: x.shape[0]], steps=5)
+    assert torch.equal(direct.scores, via_fn.scores)

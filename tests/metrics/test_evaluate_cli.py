@@ -15,7 +15,12 @@ from featurelens.metrics.run import read_boxes, read_pairs
 
 
 def test_resolve_metrics_aliases_and_unknown():
-    assert resolve_metrics("Deletion, insertion,ADCC,ebpg") == ["deletion", "insertion", "adic", "energy-pointing"]
+    assert resolve_metrics("Deletion, insertion,ADCC,ebpg") == [
+        "deletion",
+        "insertion",
+        "adic",
+        "energy-pointing",
+    ]
     with pytest.raises(MetricError) as err:
         resolve_metrics("deletion,faithfulness")
     assert "faithfulness" in str(err.value) and "insertion" in str(err.value) and "sanity" in str(err.value)
@@ -32,18 +37,27 @@ def test_evaluate_maps_table_with_explain_fn_and_baselines(tmp_path, region, pos
 
     boxes = [(7, 3, 12, 9)] * 4  # the region as a box
     table = evaluate_maps(
-        score, positive_inputs, {"ideal": ideal, "reverse": explain_fn},
-        ["deletion", "insertion", "adic", "pointing", "energy-pointing"], steps=8, baseline="constant", boxes=boxes,
+        score,
+        positive_inputs,
+        {"ideal": ideal, "reverse": explain_fn},
+        ["deletion", "insertion", "adic", "pointing", "energy-pointing"],
+        steps=8,
+        baseline="constant",
+        boxes=boxes,
     )
     assert [r.method for r in table.rows] == ["ideal", "reverse", "random", "centre"]
     assert calls == [4]
     assert table.best("deletion_auc") == "ideal" and table.best("insertion_auc") == "ideal"
-    assert table.value("ideal", "pointing") == 1.0 and table.value("ideal", "energy_pointing") == pytest.approx(1.0)
+    assert table.value("ideal", "pointing") == 1.0 and table.value(
+        "ideal", "energy_pointing"
+    ) == pytest.approx(1.0)
     assert table.value("reverse", "energy_pointing") == 0.0
     assert table.value("ideal", "average_drop") == pytest.approx(0.0, abs=1e-4)
     md = table.to_markdown()
     assert "| ideal |" in md and "random (baseline)" in md and "**" in md
-    files = write_outputs(table, tmp_path, sample_names=["a", "b", "c", "d"], skipped=[("x.txt", "not an image file")])
+    files = write_outputs(
+        table, tmp_path, sample_names=["a", "b", "c", "d"], skipped=[("x.txt", "not an image file")]
+    )
     rows = list(csv.DictReader(open(files["csv"])))
     assert [r["method"] for r in rows] == ["ideal", "reverse", "random", "centre"]
     assert float(rows[0]["deletion_auc"]) == pytest.approx(table.value("ideal", "deletion_auc"), rel=1e-5)
@@ -65,13 +79,19 @@ def test_pairs_file_missing_files_listed(tmp_path):
     pairs.write_text("image_a,image_b\na.jpg,missing1.jpg\nmissing2.png,a.jpg\n")
     with pytest.raises(MetricError) as err:
         read_pairs(pairs)
-    assert "missing1.jpg" in str(err.value) and "missing2.png" in str(err.value) and "2 file(s)" in str(err.value)
+    assert (
+        "missing1.jpg" in str(err.value)
+        and "missing2.png" in str(err.value)
+        and "2 file(s)" in str(err.value)
+    )
 
 
 def test_boxes_file_scaled_to_input(tmp_path):
     f = tmp_path / "boxes.csv"
     f.write_text("image,x0,y0,x1,y1\ncat.jpg,10,20,50,40\ncat.jpg,0,0,1,1\n")
-    assert read_boxes(f, {"cat.jpg": (100, 200)}, (224, 224)) == [[[22.4, 22.4, 112.0, 44.8], [0.0, 0.0, 2.24, 1.12]]]
+    assert read_boxes(f, {"cat.jpg": (100, 200)}, (224, 224)) == [
+        [[22.4, 22.4, 112.0, 44.8], [0.0, 0.0, 2.24, 1.12]]
+    ]
     with pytest.raises(MetricError, match=r"dog\.jpg"):
         read_boxes(f, {"cat.jpg": (100, 200), "dog.jpg": (10, 10)}, (224, 224))
 
@@ -85,9 +105,13 @@ def run_cli(capsys, *args):
 def test_cli_bad_input(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = run_cli(capsys, "--images", tmp_path, "--metrics", "deletion,bogus", "--out", tmp_path / "o")
+    code, _, err = run_cli(
+        capsys, "--images", tmp_path, "--metrics", "deletion,bogus", "--out", tmp_path / "o"
+    )
     assert code == 2 and "bogus" in err and "valid metrics: deletion, insertion, adic" in err
-    code, _, err = run_cli(capsys, "--images", empty, "--methods", "gradcam,nosuchcam", "--out", tmp_path / "o")
+    code, _, err = run_cli(
+        capsys, "--images", empty, "--methods", "gradcam,nosuchcam", "--out", tmp_path / "o"
+    )
     assert code == 2 and "nosuchcam" in err and "gradcam" in err and "scorecam" in err
     (empty / "readme.txt").write_text("hello")
     code, _, err = run_cli(capsys, "--images", empty, "--out", tmp_path / "o")
@@ -114,8 +138,19 @@ def test_cli_real_photos_real_model(tmp_path, capsys, photos):
     boxes.write_text("image,x0,y0,x1,y1\ncoffee.jpg,0,0,600,400\nchelsea.jpg,0,0,451,300\n")  # whole images
     out = tmp_path / "out"
     code, stdout, err = run_cli(
-        capsys, "--images", folder, "--methods", "gradcam", "--metrics", "deletion,adic,pointing",
-        "--boxes", boxes, "--steps", "2", "--out", out,
+        capsys,
+        "--images",
+        folder,
+        "--methods",
+        "gradcam",
+        "--metrics",
+        "deletion,adic,pointing",
+        "--boxes",
+        boxes,
+        "--steps",
+        "2",
+        "--out",
+        out,
     )
     assert code == 0, err
     assert "gradcam" in stdout and "random (baseline)" in stdout
@@ -137,7 +172,19 @@ def test_cli_similarity_pairs_real_model(tmp_path, capsys, photos):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("image_a,image_b\ncoffee.png,chelsea.png\nchelsea.png,chelsea.png\n")
     out = tmp_path / "sim"
-    code, _, err = run_cli(capsys, "--pairs", pairs, "--methods", "sfam", "--metrics", "deletion,adic", "--steps", "2", "--out", out)
+    code, _, err = run_cli(
+        capsys,
+        "--pairs",
+        pairs,
+        "--methods",
+        "sfam",
+        "--metrics",
+        "deletion,adic",
+        "--steps",
+        "2",
+        "--out",
+        out,
+    )
     assert code == 0, err
     rows = {r["method"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert set(rows) == {"sfam", "random", "centre"}

@@ -15,7 +15,9 @@ Full and masked images are scored together in batches of ``batch_size``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -58,7 +60,7 @@ def keep_explained(inputs: Tensor, maps: Tensor, baseline: BaselineLike = "const
 def average_drop_increase(
     score_fn: ScoreFn,
     inputs: Tensor,
-    maps: Tensor,
+    maps: Tensor | Callable[[Tensor], Any],
     *,
     baseline: BaselineLike = "constant",
     batch_size: int = 64,
@@ -66,10 +68,11 @@ def average_drop_increase(
 ) -> ConfidenceResult:
     """Average Drop and Increase in Confidence of ``maps``; see the module docstring.
 
+    ``maps`` is ``[B, H, W]`` or an explanation function ``explain_fn(inputs) -> maps``.
     ``full_scores`` (``[B]``) skips re-scoring the unmasked inputs when they are already known.
     """
     inputs = inputs.detach()
-    kept = keep_explained(inputs, maps, baseline)
+    kept = keep_explained(inputs, prepare_maps(maps, inputs), baseline)
     b = inputs.shape[0]
     if full_scores is None:
         rows = torch.cat([inputs, kept])

@@ -20,9 +20,9 @@ steps; a curve therefore costs exactly ``ceil(B·(S+1) / batch_size)`` calls of 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -97,8 +97,16 @@ def make_baseline(inputs: Tensor, baseline: BaselineLike) -> Tensor:
     raise MetricError(f"unknown baseline {baseline!r}; use 'blur', 'constant', a number or a tensor")
 
 
-def prepare_maps(maps: Tensor, inputs: Tensor) -> Tensor:
-    """Check ``maps`` against ``inputs`` and return float ``[B, H, W]`` maps at the input size."""
+def prepare_maps(maps: Tensor | Callable[[Tensor], Any], inputs: Tensor) -> Tensor:
+    """Check ``maps`` against ``inputs`` and return float ``[B, H, W]`` maps at the input size.
+
+    ``maps`` may also be an explanation function ``explain_fn(inputs) -> maps`` (a returned
+    :class:`~featurelens.result.Explanation` is read through its ``.map``).
+    """
+    if callable(maps) and not isinstance(maps, Tensor):
+        maps = maps(inputs)
+        if not isinstance(maps, Tensor) and hasattr(maps, "map"):
+            maps = maps.map
     if not isinstance(maps, Tensor):
         raise MetricError(f"maps must be a tensor [B, H, W], got {type(maps).__name__}")
     if inputs.ndim != 4:
@@ -142,7 +150,7 @@ def _jobs(total: int, batch_size: int) -> Iterator[Tensor]:
 def deletion_curve(
     score_fn: ScoreFn,
     inputs: Tensor,
-    maps: Tensor,
+    maps: Tensor | Callable[[Tensor], Any],
     *,
     steps: int = 50,
     mode: Literal["deletion", "insertion"] = "deletion",
@@ -154,7 +162,8 @@ def deletion_curve(
     Args:
         score_fn: ``(x[N, C, H, W], index[N]) -> [N]``; see :mod:`featurelens.metrics.scoring`.
         inputs: ``[B, C, H, W]`` model-ready batch.
-        maps: ``[B, H, W]`` saliency maps (any scale; resized bilinearly when at another size).
+        maps: ``[B, H, W]`` saliency maps (any scale; resized bilinearly when at another size), or
+            an explanation function ``explain_fn(inputs) -> maps``.
         steps: number of steps ``S``; the curve has ``S + 1`` points.
         mode: ``"deletion"`` or ``"insertion"``.
         baseline: ``"blur"``, ``"constant"``, a number or a tensor (see :func:`make_baseline`).

@@ -216,11 +216,7 @@ def _num(v: float) -> str:
 
 def as_maps(maps: MapsLike, inputs: Tensor) -> Tensor:
     """Precomputed maps, or the result of ``explain_fn(inputs)``, checked and at the input size."""
-    if callable(maps) and not isinstance(maps, Tensor):
-        maps = maps(inputs)
-        if hasattr(maps, "map") and not isinstance(maps, Tensor):  # an Explanation
-            maps = maps.map
-    return prepare_maps(maps, inputs)  # type: ignore[arg-type]
+    return prepare_maps(maps, inputs)
 
 
 def evaluate_maps(

@@ -54,7 +54,9 @@ def evaluate_pairs(
     names = resolve_metrics(metrics)
     unsupported = [m for m in names if m not in SUPPORTED]
     if unsupported:
-        raise MetricError(f"metric(s) {', '.join(unsupported)} are not available in similarity mode; use {', '.join(SUPPORTED)}")
+        raise MetricError(
+            f"metric(s) {', '.join(unsupported)} are not available in similarity mode; use {', '.join(SUPPORTED)}"
+        )
     method_list = parse_pair_methods(methods)
     embedder = load_embedder(model, trust=trust)
     xa = embedder.prepare([load_image(a) for a, _ in pairs])
@@ -67,4 +69,6 @@ def evaluate_pairs(
         "layer": embedder.layer,
         "target": f"{metric} similarity of image a's embedding to image b's (b fixed)",
     }
-    return EvaluationRun(table, [f"{a.name}~{b.name}" for a, b in pairs], [], details, "featurelens evaluation (similarity)")
+    return EvaluationRun(
+        table, [f"{a.name}~{b.name}" for a, b in pairs], [], details, "featurelens evaluation (similarity)"
+    )
