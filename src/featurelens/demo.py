@@ -24,6 +24,7 @@ from typing import Any
 SECTIONS: list[str] = [
     "featurelens.report.demo_cam:section",
     "featurelens.labels.demo:section",
+    "featurelens.similarity.demo:section",
 ]
 
 
