@@ -131,11 +131,23 @@ class EvaluationTable:
         return self.row(method).values[column]
 
     def best(self, column: str) -> str | None:
-        """The best non-baseline method on ``column`` (None when no finite value)."""
+        """The best non-baseline method on ``column`` (None when no finite value; first on ties)."""
         rows = [r for r in self.rows if not r.is_baseline and math.isfinite(r.values.get(column, math.nan))]
         if not rows:
             return None
         return max(rows, key=lambda r: DIRECTION[column] * r.values[column]).method
+
+    def best_methods(self, column: str) -> set[str]:
+        """Every non-baseline method tied for the best value on ``column`` (empty when all rows,
+        baselines included, have the same value: nothing to highlight)."""
+        best = self.best(column)
+        if best is None:
+            return set()
+        values = [r.values.get(column, math.nan) for r in self.rows]
+        top = self.value(best, column)
+        if all(v == top for v in values):
+            return set()
+        return {r.method for r in self.rows if not r.is_baseline and r.values.get(column) == top}
 
     def header(self) -> list[str]:
         arrows = {1: "↑", -1: "↓"}
@@ -162,12 +174,12 @@ class EvaluationTable:
 
     def to_markdown(self) -> str:
         """A Markdown table; the best method per column in bold."""
-        best = {c: self.best(c) for c in self.columns}
+        best = {c: self.best_methods(c) for c in self.columns}
         head = self.header()
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", *["---:"] * len(self.columns)]) + "|"]
         for r, cells in zip(self.rows, self.formatted()):
             shown = [cells[0]] + [
-                f"**{cells[i + 1]}**" if best[c] == r.method else cells[i + 1]
+                f"**{cells[i + 1]}**" if r.method in best[c] else cells[i + 1]
                 for i, c in enumerate(self.columns)
             ]
             lines.append("| " + " | ".join(shown) + " |")

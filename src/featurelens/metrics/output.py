@@ -136,8 +136,9 @@ def markdown_report(
         "",
         table.to_markdown(),
     ]
-    for k, v in (details or {}).items():
-        lines.append(f"\n- {k}: {v}")
+    if details:
+        lines.append("")
+        lines += [f"- {k}: {v}" for k, v in details.items()]
     if skipped:
         lines.append(
             f"\nSkipped {len(skipped)} file(s): " + ", ".join(f"`{n}` ({why})" for n, why in skipped)
@@ -159,7 +160,7 @@ def write_html(
     from featurelens.report import Raw, Section, error_box, escape, figure, gallery, page
     from featurelens.report import table as html_table
 
-    best = {c: table.best(c) for c in table.columns}
+    best = {c: table.best_methods(c) for c in table.columns}
     rows = []
     for r in table.rows:
         cells: list[Any] = [r.method + (" (baseline)" if r.is_baseline else "")]
@@ -170,7 +171,7 @@ def write_html(
                 if not math.isfinite(v)
                 else (f"{v:.1f}" if c in ("average_drop", "increase_confidence") else f"{v:.3f}")
             )
-            cells.append(Raw(f"<strong>{escape(text)}</strong>") if best[c] == r.method else text)
+            cells.append(Raw(f"<strong>{escape(text)}</strong>") if r.method in best[c] else text)
         rows.append(cells)
     heads = table.header()
     summary = [
