@@ -211,16 +211,23 @@ class _Player:
 
 
 def run_player(client: Any, profile: PlayerProfile, *, rounds: int | None = None, duration: float | None = None,
-               truth: Any = None, campaign: str | None = None, admin_token: str | None = None) -> SimulationResult:
+               truth: Any = None, campaign: str | None = None, admin_token: str | None = None,
+               start_barrier: threading.Barrier | None = None) -> SimulationResult:
     """One simulated player: sign up (or log in), then play ``rounds`` rounds or until ``duration`` s pass
-    (whichever comes first), or until no map is left for them."""
+    (whichever comes first), or until no map is left for them. With ``start_barrier`` the player waits
+    there after logging in, and ``duration`` counts from the moment all players have passed it."""
     if rounds is None and duration is None:
         raise ValueError("give rounds, duration or both")
     res = SimulationResult()
-    deadline = time.monotonic() + (duration if duration is not None else 3600.0)
-    pl = _Player(client, profile, truth_map(truth), campaign, deadline, res, admin_token)
+    budget = duration if duration is not None else 3600.0
+    pl = _Player(client, profile, truth_map(truth), campaign, time.monotonic() + budget + 600.0, res, admin_token)
     try:
-        pl.login()
+        try:
+            pl.login()
+        finally:
+            if start_barrier is not None:
+                start_barrier.wait()
+        deadline = pl.deadline = time.monotonic() + budget
         n = 0
         while (rounds is None or n < rounds) and time.monotonic() < deadline:
             if not pl.play_round():
