@@ -3,7 +3,9 @@
 bundle → game (SIMULATED players through the real HTTP API, in-process) → export → labels process → report.
 
 The players are simulated (:mod:`featurelens.game.simulate` profiles whose typed labels follow the planted
-concepts of :mod:`featurelens.labels.synthetic`); the report says so on every page that uses them.
+concepts of :mod:`featurelens.labels.synthetic`); the report says so on every page that uses them. The game
+hides which map a running round shows; the simulated players use the admin "oracle" header of
+:func:`featurelens.game.simulate.simulate` to learn it, so that their words can follow the planted concepts.
 """
 
 from __future__ import annotations
@@ -149,8 +151,11 @@ def play_campaign(
                           fetch_images=False)
             for i in range(players)
         ]
-        result = simulate(lambda: TestClient(app), profiles, rounds=rounds or maps, truth=bundle,
-                          campaign=campaign, concurrency=1)
+        # oracle players: the admin header on every request (simulate() adds it to "next round" only, and a
+        # reveal answer would hide the ids again)
+        oracle = {"X-Admin-Token": ADMIN_TOKEN}
+        result = simulate(lambda: TestClient(app, headers=oracle), profiles, rounds=rounds or maps, truth=bundle,
+                          campaign=campaign, concurrency=1, admin_token=ADMIN_TOKEN)
         r = c.get(f"/api/admin/campaigns/{campaign}/export", params={"format": "csv"}, headers=admin)
         if r.status_code != 200:
             raise RuntimeError(f"game export failed: HTTP {r.status_code} {r.text[:300]}")
