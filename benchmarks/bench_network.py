@@ -14,9 +14,11 @@ All clustering runs single-threaded and sequentially, so times are comparable wi
 time is reported as a RATIO to the paper pipeline measured in the same run. The adjusted Rand index
 (ARI) is against the faithful mode. Silhouettes: on each method's own embedding, and on the common
 PCA space (method-independent). Finally the bundles for all images × default layers are written in
-faithful and fast mode (with the per-cluster deletion effect) and their time per image is reported.
+faithful and fast mode and their time per image is reported; the per-cluster deletion effect (one
+forward pass per cluster) is timed separately.
 
-    python benchmarks/bench_network.py            # 8 images x 25 layers (~15 min on a loaded 2-core box)
+    python benchmarks/bench_network.py            # 8 images x 25 layers
+    python benchmarks/bench_network.py --compare-images 2 --effect-images 2   # lighter comparison
     python benchmarks/bench_network.py --quick    # 2 images x 4 layers
 """
 
@@ -46,7 +48,10 @@ def photo_paths(n: int) -> list[Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 images x 4 layers")
-    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--images", type=int, default=8, help="images in the bundles")
+    ap.add_argument("--compare-images", type=int, default=8, help="images in the method comparison (<= --images)")
+    ap.add_argument("--effect-images", type=int, default=8,
+                    help="images whose bundle includes the per-cluster deletion effect (timed separately)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--keep", default=None, help="keep the faithful bundle in this folder")
     args = ap.parse_args()
@@ -69,7 +74,8 @@ def main() -> None:
     layers = select_layers(spec.model, spec.sample_input())
     if args.quick:
         layers = layers[-4:]
-    paths = photo_paths(n_images)
+    all_paths = photo_paths(n_images)
+    paths = all_paths[: min(args.compare_images, n_images)]
     pils = [load_image(p) for p in paths]
     x = spec.prepare(pils)
     print(f"{len(paths)} images x {len(layers)} layers ({layers[0]} … {layers[-1]})")
@@ -144,19 +150,31 @@ def main() -> None:
               f"{row['median_ari_vs_faithful']:23.2f} {row['mean_ari_vs_faithful']:9.2f} "
               f"{row['silhouette_own']:17.3f} {row['silhouette_pca']:17.3f} {row['median_k']:9.1f}")
 
-    # whole bundles, end to end (layers in parallel threads, deletion effects included)
-    bundles = {}
+    # whole bundles (layers in parallel threads): clustering + maps + writing, then the deletion effect
+    bundles: dict[str, dict[str, float]] = {}
+    n_all = len(all_paths)
     tmp = Path(tempfile.mkdtemp(prefix="bench_network_"))
     try:
         for mode in ("faithful", "fast"):
             t = time.perf_counter()
-            bundle = build_bundle(spec, paths, tmp / mode, layers=layers, params=NetworkParams(mode=mode), batch_size=4)
+            bundle = build_bundle(spec, all_paths, tmp / mode, layers=layers,
+                                  params=NetworkParams(mode=mode, effect=False), batch_size=4)
             dt = time.perf_counter() - t
-            bundles[mode] = {"seconds_per_image": dt / n, "clusters": sum(len(im.clusters) for im in bundle.images)}
-            print(f"bundle ({mode}): {n} images x {len(layers)} layers, {bundles[mode]['clusters']} clusters, "
-                  f"{dt / n:.2f} s/image end to end (incl. effects, writing)")
+            bundles[mode] = {"seconds_per_image": dt / n_all, "clusters": sum(len(im.clusters) for im in bundle.images)}
+            print(f"bundle ({mode}): {n_all} images x {len(layers)} layers, {bundles[mode]['clusters']} clusters, "
+                  f"{dt / n_all:.2f} s/image (no effect)", flush=True)
+        n_eff = min(args.effect_images, n_all)
+        t = time.perf_counter()
+        bundle = build_bundle(spec, all_paths[:n_eff], tmp / "effect", layers=layers,
+                              params=NetworkParams(mode="fast", effect=True), batch_size=4)
+        dt = time.perf_counter() - t
+        n_cl = sum(len(im.clusters) for im in bundle.images)
+        effect_per_image = max(dt / n_eff - bundles["fast"]["seconds_per_image"], 0.0)
+        bundles["effect"] = {"seconds_per_image": effect_per_image, "clusters_per_image": n_cl / n_eff}
+        print(f"deletion effect: ~{effect_per_image:.2f} s/image extra for {n_cl / n_eff:.0f} clusters/image "
+              f"(one forward per cluster, batched)")
         if args.keep:
-            shutil.copytree(tmp / "faithful", args.keep, dirs_exist_ok=True)
+            shutil.copytree(tmp / "effect", args.keep, dirs_exist_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     bf, bq = bundles["faithful"]["seconds_per_image"], bundles["fast"]["seconds_per_image"]
