@@ -25,6 +25,7 @@ SECTIONS: list[str] = [
     "featurelens.report.demo_cam:section",
     "featurelens.labels.demo:section",
     "featurelens.similarity.demo:section",
+    "featurelens.network.demo:section",
 ]
 
 
