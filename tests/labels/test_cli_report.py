@@ -31,20 +31,67 @@ def test_report_lists_everything(tmp_path, label_bundle, processed):
 
 def test_cli_process_and_report(tmp_path, label_bundle, export_csv, capsys):
     out = tmp_path / "proc"
-    rc = main(["labels", "process", "--bundle", str(label_bundle.root), "--labels", str(export_csv), "--out", str(out)])
+    rc = main(
+        [
+            "labels",
+            "process",
+            "--bundle",
+            str(label_bundle.root),
+            "--labels",
+            str(export_csv),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "no labels for class 'rocket'" in capsys.readouterr().err
     header = (out / "labels.csv").read_text().splitlines()[0]
     assert {"raw_label", "group", "representative", "score"} <= set(header.split(","))
-    assert main(["report", "--bundle", str(label_bundle.root), "--labels", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--bundle",
+                str(label_bundle.root),
+                "--labels",
+                str(out),
+                "--out",
+                str(tmp_path / "rep"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "rep" / "index.html").is_file()
 
 
 def test_cli_errors_are_one_line(tmp_path, label_bundle, capsys):
     bad = tmp_path / "bad.csv"
-    bad.write_text(",".join(c for c in EXPORT_COLUMNS if c not in ("label", "correct")) + "\n", encoding="utf-8")
-    rc = main(["labels", "process", "--bundle", str(label_bundle.root), "--labels", str(bad), "--out", str(tmp_path / "o")])
+    bad.write_text(
+        ",".join(c for c in EXPORT_COLUMNS if c not in ("label", "correct")) + "\n", encoding="utf-8"
+    )
+    rc = main(
+        [
+            "labels",
+            "process",
+            "--bundle",
+            str(label_bundle.root),
+            "--labels",
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "missing column(s) correct, label" in err and "Traceback" not in err
-    rc = main(["report", "--bundle", str(label_bundle.root), "--labels", str(tmp_path), "--out", str(tmp_path / "r")])
+    rc = main(
+        [
+            "report",
+            "--bundle",
+            str(label_bundle.root),
+            "--labels",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
     assert rc == 2 and "labels process" in capsys.readouterr().err

@@ -18,7 +18,9 @@ def test_labels_demo_section_quick(tmp_path, lite0, sbert):
     s = section(ctx)
     assert "SIMULATED" in s.title and "SIMULATED PLAYERS" in s.html
     assert s.summary["simulated_players"] is True and s.summary["game_errors"] == 0
-    assert "real layer-wise cluster maps" in s.summary["bundle"]  # the network pipeline's bundle, not synthetic
+    assert (
+        "real layer-wise cluster maps" in s.summary["bundle"]
+    )  # the network pipeline's bundle, not synthetic
     assert s.summary["export_rows"] == s.summary["labels_submitted"] == s.summary["rows"] > 0
     assert s.summary["unknown_image"] == s.summary["unknown_cluster"] == 0
     for f in s.files:

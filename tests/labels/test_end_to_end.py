@@ -44,11 +44,20 @@ def test_bundle_game_export_labels_report(tmp_path, sbert):
         by_layer = {g.layer: g for g in glob[cls]}
         for layer, planted in PLAN[cls].items():
             want = {c for c in planted if c is not None}
-            assert want <= {lab.representative for lab in by_layer[layer].labels[: len(planted)]}, (cls, layer)
+            assert want <= {lab.representative for lab in by_layer[layer].labels[: len(planted)]}, (
+                cls,
+                layer,
+            )
     assert processed.counts["classes_without_labels"] == []  # the rocket got (noise) labels from the game
 
     out = tmp_path / "proc"
-    assert main(["labels", "process", "--bundle", str(bundle.root), "--labels", str(export), "--out", str(out)]) == 0
-    assert main(["report", "--bundle", str(bundle.root), "--labels", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (
+        main(["labels", "process", "--bundle", str(bundle.root), "--labels", str(export), "--out", str(out)])
+        == 0
+    )
+    assert (
+        main(["report", "--bundle", str(bundle.root), "--labels", str(out), "--out", str(tmp_path / "rep")])
+        == 0
+    )
     html = (tmp_path / "rep" / "index.html").read_text()
     assert "<b>whisker</b>" in html and "<b>handle</b>" in html

@@ -20,9 +20,20 @@ def _rec(bundle, cluster_id, label, step, correct, player="p", true_class=None):
     im = bundle.image(im_id)
     cls = true_class if true_class is not None else im.true_class
     return LabelRecord(
-        row=0, campaign="t", player=player, image_id=im_id, layer=layer, cluster_id=cluster_id,
-        cluster_index=int(idx), reveal_step=step, q_percent=0.0, guessed_class=cls if correct else "x",
-        true_class=cls, correct=correct, label=label, created_at="",
+        row=0,
+        campaign="t",
+        player=player,
+        image_id=im_id,
+        layer=layer,
+        cluster_id=cluster_id,
+        cluster_index=int(idx),
+        reveal_step=step,
+        q_percent=0.0,
+        guessed_class=cls if correct else "x",
+        true_class=cls,
+        correct=correct,
+        label=label,
+        created_at="",
     )
 
 
@@ -39,7 +50,17 @@ def test_synonyms_group_together_and_are_named_sensibly(processed):
 
 
 def test_grouping_without_typo_fixing_still_joins_inflections(sbert):
-    texts = ["whiskers", "whisker", "long whiskers", "ears", "ear", "pointy ears", "eyes", "eye", "green eyes"]
+    texts = [
+        "whiskers",
+        "whisker",
+        "long whiskers",
+        "ears",
+        "ear",
+        "pointy ears",
+        "eyes",
+        "eye",
+        "green eyes",
+    ]
     assign, sil = cluster_embeddings(sbert.encode(texts))
     assert len(set(assign)) == 3 and sil  # k chosen by silhouette
     assert len({assign[0], assign[1], assign[2]}) == 1
@@ -116,13 +137,17 @@ def test_clusters_sharing_best_label_merge_by_formula(label_bundle, processed):
     expected = (w[0] * maps[0] + w[1] * maps[1]) / (w[0] + w[1])
     np.testing.assert_allclose(region.image_map(b), expected, rtol=1e-5, atol=1e-6)
     fmaps = [b.load_map(c) for c in members]
-    np.testing.assert_allclose(region.feature_map(b), (w[0] * fmaps[0] + w[1] * fmaps[1]) / w.sum(), rtol=1e-5)
+    np.testing.assert_allclose(
+        region.feature_map(b), (w[0] * fmaps[0] + w[1] * fmaps[1]) / w.sum(), rtol=1e-5
+    )
     # merged label scores are the members' scores summed
     per = {(s.cluster_id, s.representative): s.score for s in processed.scores}
     expected_whisker = sum(per.get((c.id, "whisker"), 0.0) for c in members)
     assert dict(region.labels)["whisker"] == pytest.approx(expected_whisker)
     # without merging, each cluster stands alone
-    alone = {(x.image_id, x.layer): x for x in local_explanations(b, processed, merge=False)}[("cat_a", "head")]
+    alone = {(x.image_id, x.layer): x for x in local_explanations(b, processed, merge=False)}[
+        ("cat_a", "head")
+    ]
     assert not any(r.merged for r in alone.clusters)
 
 
@@ -141,8 +166,11 @@ def test_global_top_labels_are_the_planted_ones(label_bundle, processed):
             for lab in top:
                 imgs = [cid.split("/")[0] for cid in lab.examples]
                 assert len(imgs) == len(set(imgs)) and 1 <= len(imgs) <= 3  # different images
-                cells = [s for s in processed.scores if s.class_name == cls and s.layer == layer
-                         and s.representative == lab.representative]
+                cells = [
+                    s
+                    for s in processed.scores
+                    if s.class_name == cls and s.layer == layer and s.representative == lab.representative
+                ]
                 assert lab.score == pytest.approx(sum(s.score for s in cells))
                 assert lab.mean_weight == pytest.approx(np.mean([s.weight for s in cells]))
 
@@ -166,13 +194,19 @@ def test_unknown_images_and_clusters_are_counted(label_bundle, export, sbert):
     assert out.counts["unknown_image"] == 1 and out.counts["unknown_cluster"] == 2
     assert out.counts["unknown_cluster_ids"] == {f"{export[0].image_id}/head/99": 2}
     assert any("ghost" in p for p in out.problems) and any("/head/99" in p for p in out.problems)
-    assert sum(out.counts[s] for s in ("kept", "empty", "unknown_image", "unknown_cluster", "no_class")) == out.counts["rows"]
+    assert (
+        sum(out.counts[s] for s in ("kept", "empty", "unknown_image", "unknown_cluster", "no_class"))
+        == out.counts["rows"]
+    )
 
 
 def test_class_without_labels_and_nothing_usable(label_bundle, processed, sbert):
     assert processed.counts["classes_without_labels"] == ["rocket"]
     assert any("no labels for class 'rocket'" in p for p in processed.problems)
-    bad = [_rec(label_bundle, "cat_a/head/0", "Tabby cat", 0, True), _rec(label_bundle, "cat_a/head/0", " ", 1, True)]
+    bad = [
+        _rec(label_bundle, "cat_a/head/0", "Tabby cat", 0, True),
+        _rec(label_bundle, "cat_a/head/0", " ", 1, True),
+    ]
     with pytest.raises(LabelsError, match=r"no usable labels.*empty=2"):
         process_labels(label_bundle, bad, embedder=sbert)
 
@@ -184,7 +218,11 @@ def test_save_and_load_round_trip(tmp_path, label_bundle, processed):
     assert {"raw_label", "normalised", "group", "representative", "score"} <= set(header)
     back = load_processed(tmp_path / "proc")
     assert back.scores == processed.scores and back.params == processed.params
-    assert [g.layer for g in global_explanations(label_bundle, back)["tabby cat"]] == ["blocks.4", "blocks.10", "head"]
+    assert [g.layer for g in global_explanations(label_bundle, back)["tabby cat"]] == [
+        "blocks.4",
+        "blocks.10",
+        "head",
+    ]
     with pytest.raises(LabelsError, match=r"no labels\.json"):
         load_processed(tmp_path)
 
@@ -200,7 +238,9 @@ def test_context_weight_groups_what_sentence_bert_misses(label_bundle, sbert):
     recs = simulated_export(label_bundle, families=fam, seed=1)
 
     def rep_of_moustache(lam):
-        out = process_labels(label_bundle, recs, embedder=sbert, params=LabelParams(group=GroupParams(context_weight=lam)))
+        out = process_labels(
+            label_bundle, recs, embedder=sbert, params=LabelParams(group=GroupParams(context_weight=lam))
+        )
         reps = {x.representative for x in out.labels if x.raw_label == "moustache hairs"}
         whisker = {x.representative for x in out.labels if x.raw_label == "long whiskers"}
         return reps, whisker

@@ -30,12 +30,17 @@ def _process(args: argparse.Namespace) -> int:
     params = replace(
         base,
         score=ScoreParams(step_penalty=args.step_penalty, wrong_divisor=args.wrong_divisor),
-        group=replace(GroupParams(), single_group_distance=args.single_group_distance,
-                      context_weight=args.context_weight),
+        group=replace(
+            GroupParams(),
+            single_group_distance=args.single_group_distance,
+            context_weight=args.context_weight,
+        ),
         fix_typos=not args.no_typo_fix,
         top_labels_global=args.top,
     )
-    print(f"processing {len(records)} label row(s) against {len(bundle.images)} image(s) ...", file=sys.stderr)
+    print(
+        f"processing {len(records)} label row(s) against {len(bundle.images)} image(s) ...", file=sys.stderr
+    )
     processed = process_labels(bundle, records, model=args.model, params=params)
     paths = processed.save(args.out)
     c = processed.counts
@@ -69,16 +74,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = lsub.add_parser("process", help="normalise, group (Sentence-BERT), name and score a game export")
     p.add_argument("--bundle", required=True, help="explanation bundle folder")
     p.add_argument("--labels", required=True, help="game export (.csv or .jsonl)")
-    p.add_argument("--model", default=None, help="sentence-transformers model name or folder (default: offline all-MiniLM-L6-v2)")
-    p.add_argument("--out", required=True, help="output folder for labels.csv, scores.csv, groups.csv, labels.json")
-    p.add_argument("--step-penalty", type=float, default=d.score.step_penalty, help="score factor 1 − PENALTY × mean reveal step")
-    p.add_argument("--wrong-divisor", type=float, default=d.score.wrong_divisor, help="score divisor when nobody guessed right")
-    p.add_argument("--single-group-distance", type=float, default=d.group.single_group_distance,
-                   help="cosine distance under which a whole tiny label set is one group")
-    p.add_argument("--context-weight", type=float, default=d.group.context_weight,
-                   help="λ in [0, 1]: mix co-occurrence on the same cluster maps into the label distance (0 = paper)")
-    p.add_argument("--no-typo-fix", action="store_true", help="do not replace likely typos by frequent close words")
-    p.add_argument("--top", type=int, default=d.top_labels_global, help="labels per class and layer in global explanations")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="sentence-transformers model name or folder (default: offline all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder for labels.csv, scores.csv, groups.csv, labels.json"
+    )
+    p.add_argument(
+        "--step-penalty",
+        type=float,
+        default=d.score.step_penalty,
+        help="score factor 1 − PENALTY × mean reveal step",
+    )
+    p.add_argument(
+        "--wrong-divisor",
+        type=float,
+        default=d.score.wrong_divisor,
+        help="score divisor when nobody guessed right",
+    )
+    p.add_argument(
+        "--single-group-distance",
+        type=float,
+        default=d.group.single_group_distance,
+        help="cosine distance under which a whole tiny label set is one group",
+    )
+    p.add_argument(
+        "--context-weight",
+        type=float,
+        default=d.group.context_weight,
+        help="λ in [0, 1]: mix co-occurrence on the same cluster maps into the label distance (0 = paper)",
+    )
+    p.add_argument(
+        "--no-typo-fix", action="store_true", help="do not replace likely typos by frequent close words"
+    )
+    p.add_argument(
+        "--top",
+        type=int,
+        default=d.top_labels_global,
+        help="labels per class and layer in global explanations",
+    )
     p.set_defaults(func=_process)
     labels.set_defaults(func=lambda a: (labels.print_help(), 2)[1])
 

@@ -140,22 +140,37 @@ def play_campaign(
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     t0 = time.perf_counter()
     with TestClient(app) as c:
-        r = c.post("/api/admin/import", json={"bundle": str(Path(bundle_path).resolve()), "campaign": campaign},
-                   headers=admin)
+        r = c.post(
+            "/api/admin/import",
+            json={"bundle": str(Path(bundle_path).resolve()), "campaign": campaign},
+            headers=admin,
+        )
         if r.status_code != 201:
             raise RuntimeError(f"game import failed: HTTP {r.status_code} {r.text[:300]}")
         maps = r.json()["maps"]
         profiles = [
-            PlayerProfile(f"sim-player-{i}", accuracy=accuracy, reveals=reveals,
-                          labels=planted_labeller(plan, seed * 1000 + i), seed=seed * 1000 + i,
-                          fetch_images=False)
+            PlayerProfile(
+                f"sim-player-{i}",
+                accuracy=accuracy,
+                reveals=reveals,
+                labels=planted_labeller(plan, seed * 1000 + i),
+                seed=seed * 1000 + i,
+                fetch_images=False,
+            )
             for i in range(players)
         ]
         # oracle players: the admin header on every request (simulate() adds it to "next round" only, and a
         # reveal answer would hide the ids again)
         oracle = {"X-Admin-Token": ADMIN_TOKEN}
-        result = simulate(lambda: TestClient(app, headers=oracle), profiles, rounds=rounds or maps, truth=bundle,
-                          campaign=campaign, concurrency=1, admin_token=ADMIN_TOKEN)
+        result = simulate(
+            lambda: TestClient(app, headers=oracle),
+            profiles,
+            rounds=rounds or maps,
+            truth=bundle,
+            campaign=campaign,
+            concurrency=1,
+            admin_token=ADMIN_TOKEN,
+        )
         r = c.get(f"/api/admin/campaigns/{campaign}/export", params={"format": "csv"}, headers=admin)
         if r.status_code != 200:
             raise RuntimeError(f"game export failed: HTTP {r.status_code} {r.text[:300]}")
@@ -182,8 +197,11 @@ def network_bundle(ctx: Any, out: Path) -> tuple[Bundle, str]:
     if out.exists():
         shutil.rmtree(out)
     names = ["chelsea", "coffee"] if ctx.quick else ["chelsea", "coffee", "astronaut", "rocket"]
-    layers = ["blocks.10.project.conv", "head.conv"] if ctx.quick else [
-        "blocks.5.project.conv", "blocks.10.project.conv", "blocks.14.project.conv", "head.conv"]
+    layers = (
+        ["blocks.10.project.conv", "head.conv"]
+        if ctx.quick
+        else ["blocks.5.project.conv", "blocks.10.project.conv", "blocks.14.project.conv", "head.conv"]
+    )
     try:
         from featurelens.network.build import build_bundle
         from featurelens.network.pipeline import NetworkParams
@@ -195,17 +213,26 @@ def network_bundle(ctx: Any, out: Path) -> tuple[Bundle, str]:
 
             photos = {**photos, **sample_images(missing)}
         spec = ctx.spec()
-        bundle = build_bundle(spec, {n: photos[n] for n in names}, out, layers=layers,
-                              params=NetworkParams(mode="fast", effect=False))
-        return bundle, (f"real layer-wise cluster maps of {spec.name} (network pipeline, fast mode) for "
-                        f"{len(names)} photos, layers {', '.join(layers)}")
+        bundle = build_bundle(
+            spec,
+            {n: photos[n] for n in names},
+            out,
+            layers=layers,
+            params=NetworkParams(mode="fast", effect=False),
+        )
+        return bundle, (
+            f"real layer-wise cluster maps of {spec.name} (network pipeline, fast mode) for "
+            f"{len(names)} photos, layers {', '.join(layers)}"
+        )
     except ImportError as exc:  # the network pipeline is another module; fall back rather than fail
         from featurelens.labels.synthetic import build_photo_bundle
 
         if out.exists():
             shutil.rmtree(out)
         ctx.log(f"labels: network pipeline unavailable ({exc}); using synthetic maps over real photos")
-        return build_photo_bundle(out), "SYNTHETIC cluster maps over real photos (network pipeline unavailable)"
+        return build_photo_bundle(
+            out
+        ), "SYNTHETIC cluster maps over real photos (network pipeline unavailable)"
 
 
 def section(ctx: Any) -> Any:
@@ -225,15 +252,16 @@ def section(ctx: Any) -> Any:
     ctx.log(f"labels: {game['export_rows']} exported label rows; processing with Sentence-BERT")
     processed = process_labels(bundle, read_labels(export))
     saved = processed.save(out / "processed")
-    page = write_report(bundle, processed, out / "report", title="Labelled network explanations (SIMULATED players)")
+    page = write_report(
+        bundle, processed, out / "report", title="Labelled network explanations (SIMULATED players)"
+    )
     figures = make_figures(bundle, processed)
     html = (
         f"<p><b>{SIMULATED_NOTE}</b></p>"
         f"<p>Bundle: {described}. Game: {game['players']} simulated players, {game['answers']} answers, "
         f"{game['export_rows']} exported label rows ({game['seconds']} s, in-process HTTP). Full report: "
         f"<a href='labels/report/index.html'>labels/report/index.html</a>; processed labels in "
-        f"<code>labels/processed/</code>.</p>"
-        + report_html(bundle, processed, figures, fragment=True)
+        f"<code>labels/processed/</code>.</p>" + report_html(bundle, processed, figures, fragment=True)
     )
     files = [str(p.relative_to(ctx.out_dir)) for p in [export, *saved, page]]
     summary = {
@@ -243,5 +271,6 @@ def section(ctx: Any) -> Any:
         "game_errors": len(game["errors"]),
         **{k: v for k, v in processed.counts.items() if isinstance(v, int)},
     }
-    return DemoSection(title="Crowd labels → explanations (SIMULATED players)", html=html, files=files,
-                       summary=summary)
+    return DemoSection(
+        title="Crowd labels → explanations (SIMULATED players)", html=html, files=files, summary=summary
+    )

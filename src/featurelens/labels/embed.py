@@ -84,7 +84,10 @@ class SentenceEmbedder:
         todo = sorted({t for t in texts if t not in self._memo})
         if todo:
             vecs = self.model.encode(
-                todo, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                todo,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
                 show_progress_bar=False,
             )
             for t, v in zip(todo, np.asarray(vecs, dtype=np.float32)):

@@ -46,7 +46,9 @@ class LocalCluster:
 
     def image_map(self, bundle: Bundle) -> np.ndarray:
         """The region's map at image resolution: members weight-averaged."""
-        return merge_maps([bundle.load_image_map(c) for c in self.clusters], [c.weight for c in self.clusters])
+        return merge_maps(
+            [bundle.load_image_map(c) for c in self.clusters], [c.weight for c in self.clusters]
+        )
 
     def feature_map(self, bundle: Bundle) -> np.ndarray:
         """The region's map at feature resolution: members weight-averaged."""
@@ -116,7 +118,9 @@ def local_explanations(
                     for rep, s in labels[c.id].items():
                         summed[rep] += s
                 top = sorted(summed.items(), key=lambda kv: (-kv[1], kv[0]))[: p.top_labels_local]
-                regions.append(LocalCluster([c.id for c in group], float(sum(c.weight for c in group)), top, group))
+                regions.append(
+                    LocalCluster([c.id for c in group], float(sum(c.weight for c in group)), top, group)
+                )
             regions.sort(key=lambda r: -r.weight)
             out.append(LocalExplanation(im.id, layer.name, classes.get(im.id, ""), regions + unlabelled))
     return out
@@ -183,13 +187,18 @@ def global_explanations(
                         examples=examples,
                     )
                 )
-            per_layer.append(GlobalExplanation(class_name, layer.name, top, float(sum(s.score for s in cell))))
+            per_layer.append(
+                GlobalExplanation(class_name, layer.name, top, float(sum(s.score for s in cell)))
+            )
         out[class_name] = per_layer
     return out
 
 
 def concept_trends(
-    bundle: Bundle, processed: ProcessedLabels, class_name: str, params: LabelParams | None = None,
+    bundle: Bundle,
+    processed: ProcessedLabels,
+    class_name: str,
+    params: LabelParams | None = None,
     concepts: list[str] | None = None,
 ) -> tuple[list[str], list[Trend]]:
     """(layer names, trends) of a class's concepts across the bundle's layers.
@@ -219,7 +228,9 @@ def concept_trends(
         xs = np.array([d for d, v in zip(depth, shares) if v is not None])
         ys = np.array([v for v in shares if v is not None], dtype=np.float64)
         slope = float(np.polyfit(xs, ys, 1)[0]) if len(xs) >= 2 and np.ptp(xs) > 0 else 0.0
-        direction = "rises" if slope >= p.trend_threshold else "falls" if slope <= -p.trend_threshold else "flat"
+        direction = (
+            "rises" if slope >= p.trend_threshold else "falls" if slope <= -p.trend_threshold else "flat"
+        )
         trends.append(Trend(rep, shares, slope, direction))
     trends.sort(key=lambda t: -t.slope)
     return layers, trends

@@ -36,7 +36,9 @@ from featurelens.labels.embed import Embedder, unit_rows
 _WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
 
 #: extra words that never name a visual concept (added to scikit-learn's English stop words)
-EXTRA_STOP_WORDS: frozenset[str] = frozenset({"like", "looks", "look", "thing", "things", "part", "parts", "stuff"})
+EXTRA_STOP_WORDS: frozenset[str] = frozenset(
+    {"like", "looks", "look", "thing", "things", "part", "parts", "stuff"}
+)
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,18 @@ class GroupParams:
     max_k: int | None = None  # upper bound of k searched by silhouette (None: n - 1)
     single_group_distance: float = 0.4  # cosine distance under which a whole (tiny) set is one group
     min_word_length: int = 2  # shorter words are never representatives
-    stop_words: frozenset[str] = field(default_factory=lambda: frozenset(ENGLISH_STOP_WORDS) | EXTRA_STOP_WORDS)
+    stop_words: frozenset[str] = field(
+        default_factory=lambda: frozenset(ENGLISH_STOP_WORDS) | EXTRA_STOP_WORDS
+    )
     lemmatise: bool = True
-    context_weight: float = 0.0  # λ: mix of the labels' co-occurrence on cluster maps into the distance (0 = paper)
+    context_weight: float = (
+        0.0  # λ: mix of the labels' co-occurrence on cluster maps into the distance (0 = paper)
+    )
 
 
-def label_distances(emb: np.ndarray, context: np.ndarray | None = None, context_weight: float = 0.0) -> np.ndarray:
+def label_distances(
+    emb: np.ndarray, context: np.ndarray | None = None, context_weight: float = 0.0
+) -> np.ndarray:
     """Condensed pairwise distances: ``(1 − λ)·d_cos(e_a, e_b) + λ·d_cos(o_a, o_b)``.
 
     ``e`` are the text embeddings; ``o`` (optional, ``context``) the labels' occurrence counts over cluster maps,

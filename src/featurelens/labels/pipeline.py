@@ -134,7 +134,9 @@ class ProcessedLabels:
     typo_fixes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def scores_for(self, cluster_id: str) -> list[ClusterScore]:
-        return sorted((s for s in self.scores if s.cluster_id == cluster_id), key=lambda s: (-s.score, s.representative))
+        return sorted(
+            (s for s in self.scores if s.cluster_id == cluster_id), key=lambda s: (-s.score, s.representative)
+        )
 
     # -- files ---------------------------------------------------------------
     def save(self, out_dir: str | Path) -> list[Path]:
@@ -147,8 +149,14 @@ class ProcessedLabels:
         _write_csv(
             paths[2],
             [
-                {"class_name": g.class_name, "group": g.index, "representative": g.representative, "word": g.word,
-                 "size": g.size, "labels": "; ".join(f"{t} ({c})" for t, c in g.labels.items())}
+                {
+                    "class_name": g.class_name,
+                    "group": g.index,
+                    "representative": g.representative,
+                    "word": g.word,
+                    "size": g.size,
+                    "labels": "; ".join(f"{t} ({c})" for t, c in g.labels.items()),
+                }
                 for g in self.groups
             ],
             ["class_name", "group", "representative", "word", "size", "labels"],
@@ -183,7 +191,9 @@ def load_processed(path: str | Path) -> ProcessedLabels:
     path = Path(path)
     manifest = path / "labels.json" if path.is_dir() else path
     if not manifest.is_file():
-        raise LabelsError(f"{path} holds no processed labels (no labels.json); run `featurelens labels process` first")
+        raise LabelsError(
+            f"{path} holds no processed labels (no labels.json); run `featurelens labels process` first"
+        )
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -191,7 +201,9 @@ def load_processed(path: str | Path) -> ProcessedLabels:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LabelsError(f"{manifest} is not a processed-labels file (format {FORMAT!r})")
     if data.get("version") != FORMAT_VERSION:
-        raise LabelsError(f"{manifest}: version {data.get('version')!r} is not supported (expected {FORMAT_VERSION})")
+        raise LabelsError(
+            f"{manifest}: version {data.get('version')!r} is not supported (expected {FORMAT_VERSION})"
+        )
     try:
         return ProcessedLabels(
             params=LabelParams.from_dict(data["params"]),
@@ -317,9 +329,20 @@ def process_labels(
             status = NO_CLASS
         rows.append(
             ProcessedLabel(
-                row=r.row, campaign=r.campaign, player=r.player, image_id=image_id, layer=layer, cluster_id=cid,
-                reveal_step=r.reveal_step, guessed_class=r.guessed_class, correct=r.correct,
-                class_name=class_name, raw_label=r.label, normalised=norm, text=norm, status=status,
+                row=r.row,
+                campaign=r.campaign,
+                player=r.player,
+                image_id=image_id,
+                layer=layer,
+                cluster_id=cid,
+                reveal_step=r.reveal_step,
+                guessed_class=r.guessed_class,
+                correct=r.correct,
+                class_name=class_name,
+                raw_label=r.label,
+                normalised=norm,
+                text=norm,
+                status=status,
             )
         )
     if unknown_images:
@@ -339,16 +362,25 @@ def process_labels(
         )
     n_empty = sum(1 for x in rows if x.status == EMPTY)
     if n_empty:
-        problems.append(f"{n_empty} label(s) were empty after normalisation (blank or only the class name) and were dropped")
+        problems.append(
+            f"{n_empty} label(s) were empty after normalisation (blank or only the class name) and were dropped"
+        )
     n_noclass = sum(1 for x in rows if x.status == NO_CLASS)
     if n_noclass:
-        problems.append(f"{n_noclass} label row(s) have no class (no true_class and none in the bundle) and were dropped")
+        problems.append(
+            f"{n_noclass} label row(s) have no class (no true_class and none in the bundle) and were dropped"
+        )
 
     kept = [x for x in rows if x.status == KEPT]
-    counts: dict[str, Any] = {"rows": len(rows), **{s: sum(1 for x in rows if x.status == s) for s in STATUSES}}
+    counts: dict[str, Any] = {
+        "rows": len(rows),
+        **{s: sum(1 for x in rows if x.status == s) for s in STATUSES},
+    }
     if not kept:
         raise LabelsError(
-            "no usable labels: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + ("; " + "; ".join(problems) if problems else "")
+            "no usable labels: "
+            + ", ".join(f"{k}={v}" for k, v in counts.items())
+            + ("; " + "; ".join(problems) if problems else "")
         )
 
     by_class: dict[str, list[ProcessedLabel]] = defaultdict(list)
@@ -410,9 +442,16 @@ def process_labels(
         s = label_score([x.reveal_step for x in xs], [x.correct for x in xs], p.score)
         scores.append(
             ClusterScore(
-                cluster_id=cid, image_id=im.id, layer=c.layer, class_name=xs[0].class_name, representative=rep,
-                frequency=len(xs), mean_reveal_step=float(np.mean([x.reveal_step for x in xs])),
-                any_correct=any(x.correct for x in xs), players=len({x.player for x in xs}), score=s,
+                cluster_id=cid,
+                image_id=im.id,
+                layer=c.layer,
+                class_name=xs[0].class_name,
+                representative=rep,
+                frequency=len(xs),
+                mean_reveal_step=float(np.mean([x.reveal_step for x in xs])),
+                any_correct=any(x.correct for x in xs),
+                players=len({x.player for x in xs}),
+                score=s,
                 weight=c.weight,
             )
         )
@@ -424,7 +463,9 @@ def process_labels(
     bundle_classes = Counter((im.true_class or im.predicted_class) for im in bundle.images)
     missing = sorted(c for c in bundle_classes if c not in by_class)
     for c in missing:
-        problems.append(f"no labels for class {c!r} ({bundle_classes[c]} image(s) in the bundle): no explanation for it")
+        problems.append(
+            f"no labels for class {c!r} ({bundle_classes[c]} image(s) in the bundle): no explanation for it"
+        )
     labelled_clusters = {s.cluster_id for s in scores}
     counts.update(
         classes=len(by_class),
@@ -440,6 +481,13 @@ def process_labels(
         if isinstance(v, float) and not math.isfinite(v):  # pragma: no cover - defensive
             raise LabelsError("non-finite count")
     return ProcessedLabels(
-        params=p, model=getattr(embedder, "name", str(model)), labels=rows, groups=groups, scores=scores,
-        counts=counts, problems=problems, silhouettes=silhouettes, typo_fixes=typo_fixes,
+        params=p,
+        model=getattr(embedder, "name", str(model)),
+        labels=rows,
+        groups=groups,
+        scores=scores,
+        counts=counts,
+        problems=problems,
+        silhouettes=silhouettes,
+        typo_fixes=typo_fixes,
     )

@@ -92,7 +92,16 @@ def image_figure(bundle: Bundle, locals_: list[LocalExplanation], alpha: float =
             merged = f" ×{len(region.cluster_ids)}" if region.merged else ""
             ax.set_title(f"{_label_text(region.labels, 2)}\nw={region.weight:.1f}%{merged}", fontsize=7)
             if c == 0:
-                ax.text(-0.05, 0.5, le.layer, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=8)
+                ax.text(
+                    -0.05,
+                    0.5,
+                    le.layer,
+                    transform=ax.transAxes,
+                    rotation=90,
+                    ha="right",
+                    va="center",
+                    fontsize=8,
+                )
     fig.suptitle(f"{locals_[0].image_id} ({locals_[0].class_name}): clusters per layer", fontsize=9)
     return _fig_png(fig)
 
@@ -116,7 +125,9 @@ def global_figure(bundle: Bundle, class_name: str, per_layer: list, top: int, ex
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(per_layer), top, figsize=(2.6 * top, 1.5 * len(per_layer) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        len(per_layer), top, figsize=(2.6 * top, 1.5 * len(per_layer) + 0.4), squeeze=False
+    )
     for r, g in enumerate(per_layer):
         for c in range(top):
             ax = axes[r][c]
@@ -127,7 +138,16 @@ def global_figure(bundle: Bundle, class_name: str, per_layer: list, top: int, ex
             ax.imshow(_examples_strip(bundle, lab.examples, examples))
             ax.set_title(f"{lab.representative}: S={lab.score:.1f}, w̄={lab.mean_weight:.0f}%", fontsize=7)
             if c == 0:
-                ax.text(-0.03, 0.5, g.layer, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=8)
+                ax.text(
+                    -0.03,
+                    0.5,
+                    g.layer,
+                    transform=ax.transAxes,
+                    rotation=90,
+                    ha="right",
+                    va="center",
+                    fontsize=8,
+                )
     fig.suptitle(f"{class_name}: top labels per layer (summed score S, mean cluster weight w̄)", fontsize=9)
     return _fig_png(fig)
 
@@ -165,13 +185,18 @@ def _counts_html(processed: ProcessedLabels) -> str:
     ]
     out = "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
     if processed.problems:
-        out += '<div class="warn"><b>Problems</b><ul>' + "".join(f"<li>{esc(p)}</li>" for p in processed.problems)
+        out += '<div class="warn"><b>Problems</b><ul>' + "".join(
+            f"<li>{esc(p)}</li>" for p in processed.problems
+        )
         out += "</ul></div>"
     return out
 
 
 def report_html(
-    bundle: Bundle, processed: ProcessedLabels, figures: dict[str, bytes], title: str = "Labelled network explanations",
+    bundle: Bundle,
+    processed: ProcessedLabels,
+    figures: dict[str, bytes],
+    title: str = "Labelled network explanations",
     fragment: bool = False,
 ) -> str:
     """The report as HTML (a full page, or a fragment for the demo). ``figures``: name -> PNG bytes."""
@@ -194,10 +219,16 @@ def report_html(
             parts.append(f'<p class="warn">No labels for class {esc(class_name)}: no explanation.</p>')
             continue
         key = safe_name(class_name)
-        parts.append(f'<img class="fig" alt="global grid {esc(class_name)}" src="{_data_uri(figures[f"class_{key}_global"])}">')
-        parts.append(f'<img class="fig" alt="trends {esc(class_name)}" src="{_data_uri(figures[f"class_{key}_trends"])}">')
-        parts.append("<table><tr><th>layer</th><th>rank</th><th>label</th><th>summed score</th>"
-                     "<th>mean cluster weight</th><th>clusters</th><th>examples</th></tr>")
+        parts.append(
+            f'<img class="fig" alt="global grid {esc(class_name)}" src="{_data_uri(figures[f"class_{key}_global"])}">'
+        )
+        parts.append(
+            f'<img class="fig" alt="trends {esc(class_name)}" src="{_data_uri(figures[f"class_{key}_trends"])}">'
+        )
+        parts.append(
+            "<table><tr><th>layer</th><th>rank</th><th>label</th><th>summed score</th>"
+            "<th>mean cluster weight</th><th>clusters</th><th>examples</th></tr>"
+        )
         for g in glob[class_name]:
             for i, lab in enumerate(g.labels, 1):
                 parts.append(
@@ -207,10 +238,14 @@ def report_html(
                 )
         parts.append("</table>")
         groups = [g for g in processed.groups if g.class_name == class_name]
-        parts.append("<details><summary>label groups</summary><table><tr><th>representative</th><th>labels (count)</th></tr>")
+        parts.append(
+            "<details><summary>label groups</summary><table><tr><th>representative</th><th>labels (count)</th></tr>"
+        )
         for g in groups:
-            parts.append(f"<tr><td>{esc(g.representative)}</td><td>"
-                         f"{esc('; '.join(f'{t} ({n})' for t, n in g.labels.items()))}</td></tr>")
+            parts.append(
+                f"<tr><td>{esc(g.representative)}</td><td>"
+                f"{esc('; '.join(f'{t} ({n})' for t, n in g.labels.items()))}</td></tr>"
+            )
         parts.append("</table></details>")
     sections.append(("Global explanations per class", "\n".join(parts)))
     parts = []
@@ -221,7 +256,9 @@ def report_html(
         parts.append(f"<h3>{esc(image_id)} <span class='muted'>({esc(les[0].class_name)})</span></h3>")
         key = f"image_{safe_name(image_id)}"
         if key in figures:
-            parts.append(f'<img class="fig" alt="clusters of {esc(image_id)}" src="{_data_uri(figures[key])}">')
+            parts.append(
+                f'<img class="fig" alt="clusters of {esc(image_id)}" src="{_data_uri(figures[key])}">'
+            )
         parts.append("<table><tr><th>layer</th><th>clusters</th><th>weight</th><th>labels (score)</th></tr>")
         for le in les:
             for region in le.clusters:
@@ -237,11 +274,16 @@ def report_html(
         from featurelens.report.html import page
     except ImportError:  # the shared builder is optional; fall back to a minimal page
         body = "\n".join(f"<h2>{esc(t)}</h2>\n{b}" for t, b in sections)
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-                f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>")
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{esc(title)}</h1>{body}</body></html>"
+        )
     style = f"<style>{_CSS_EXTRA}</style>"
-    return page(title, [(t, (style if i == 0 else "") + b) for i, (t, b) in enumerate(sections)],
-                subtitle="crowd labels → Sentence-BERT groups → scores → local and global explanations")
+    return page(
+        title,
+        [(t, (style if i == 0 else "") + b) for i, (t, b) in enumerate(sections)],
+        subtitle="crowd labels → Sentence-BERT groups → scores → local and global explanations",
+    )
 
 
 def make_figures(bundle: Bundle, processed: ProcessedLabels) -> dict[str, bytes]:
@@ -256,15 +298,19 @@ def make_figures(bundle: Bundle, processed: ProcessedLabels) -> dict[str, bytes]
             figures[f"image_{safe_name(image_id)}"] = image_figure(bundle, les)
     for class_name, per_layer in global_explanations(bundle, processed).items():
         key = safe_name(class_name)
-        figures[f"class_{key}_global"] = global_figure(bundle, class_name, per_layer, p.top_labels_global,
-                                                       p.examples_global)
+        figures[f"class_{key}_global"] = global_figure(
+            bundle, class_name, per_layer, p.top_labels_global, p.examples_global
+        )
         layers, trends = concept_trends(bundle, processed, class_name)
         figures[f"class_{key}_trends"] = trend_figure(class_name, layers, trends)
     return figures
 
 
 def write_report(
-    bundle: Bundle, processed: ProcessedLabels, out_dir: str | Path, title: str = "Labelled network explanations"
+    bundle: Bundle,
+    processed: ProcessedLabels,
+    out_dir: str | Path,
+    title: str = "Labelled network explanations",
 ) -> Path:
     """Write ``index.html`` and ``figures/*.png`` into ``out_dir``; return the HTML path."""
     out = Path(out_dir)

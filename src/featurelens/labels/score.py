@@ -25,7 +25,9 @@ class ScoreParams:
     min_factor: float = 0.0  # the step factor (1 − penalty·step) is clipped below at this value
 
 
-def label_score(reveal_steps: Sequence[int], correct: Iterable[bool], params: ScoreParams | None = None) -> float:
+def label_score(
+    reveal_steps: Sequence[int], correct: Iterable[bool], params: ScoreParams | None = None
+) -> float:
     """frequency × (1 − step_penalty × mean reveal step), ÷ wrong_divisor when none guessed right."""
     p = params or ScoreParams()
     steps = list(reveal_steps)

@@ -18,7 +18,15 @@ from featurelens.network.bundle import Bundle, BundleWriter
 
 #: concept -> ways players write it (synonyms, plurals, typos, class-name leakage)
 CAT_FAMILIES: dict[str, list[str]] = {
-    "whisker": ["whiskers", "whiskers", "whisker", "cat whiskers", "Tabby cat's whiskers", "whiskrs", "long whiskers"],
+    "whisker": [
+        "whiskers",
+        "whiskers",
+        "whisker",
+        "cat whiskers",
+        "Tabby cat's whiskers",
+        "whiskrs",
+        "long whiskers",
+    ],
     "ear": ["ears", "ears", "ear", "cat's ears", "cats ears", "pointy ears", "eras"],
     "eye": ["eyes", "eyes", "eye", "green eyes", "cat eyes", "eyez"],
     "stripe": ["stripes", "stripes", "stripe", "striped fur", "tabby stripes", "stripse"],
@@ -88,7 +96,10 @@ def build_photo_bundle(
     w = BundleWriter(
         out,
         model={"name": "synthetic-maps", "input_size": [size, size]},
-        target={"kind": "true-class", "description": "synthetic cluster maps over real photos (test fixture)"},
+        target={
+            "kind": "true-class",
+            "description": "synthetic cluster maps over real photos (test fixture)",
+        },
         class_names=classes,
         params={"synthetic": True, "seed": seed},
     )
@@ -103,16 +114,24 @@ def build_photo_bundle(
         if spec.flip:
             rgb = np.ascontiguousarray(rgb[:, ::-1])
         iid = w.add_image(
-            rgb, source=f"skimage:{spec.photo}", true_class=spec.class_name, predicted_class=spec.class_name,
-            predicted_index=classes.index(spec.class_name), score=1.0, image_id=spec.image_id,
+            rgb,
+            source=f"skimage:{spec.photo}",
+            true_class=spec.class_name,
+            predicted_class=spec.class_name,
+            predicted_index=classes.index(spec.class_name),
+            score=1.0,
+            image_id=spec.image_id,
         )
         for name, channels, fs in LAYERS:
             raw = rng.dirichlet(np.ones(len(CENTRES)) * 3.0) * 100.0
             for k, centre in enumerate(CENTRES):
                 jitter = (centre[0] + rng.normal(0, 0.03), centre[1] + rng.normal(0, 0.03))
                 w.add_cluster(
-                    iid, name, channels=[int(c) for c in rng.choice(channels, size=3, replace=False)],
-                    weight=float(raw[k]), feature_map=blob((fs, fs), jitter, 0.15),
+                    iid,
+                    name,
+                    channels=[int(c) for c in rng.choice(channels, size=3, replace=False)],
+                    weight=float(raw[k]),
+                    feature_map=blob((fs, fs), jitter, 0.15),
                     image_map=blob((size, size), jitter, 0.15),
                 )
     return w.close()
@@ -161,9 +180,19 @@ def simulated_export(
                 guess = cls if correct else rng.choice(others)
                 rows.append(
                     LabelRecord(
-                        row=len(rows) + 1, campaign=campaign, player=f"sim-player-{p}", image_id=im.id,
-                        layer=c.layer, cluster_id=c.id, cluster_index=c.index, reveal_step=step,
-                        q_percent=q[step], guessed_class=guess, true_class=cls, correct=correct, label=label,
+                        row=len(rows) + 1,
+                        campaign=campaign,
+                        player=f"sim-player-{p}",
+                        image_id=im.id,
+                        layer=c.layer,
+                        cluster_id=c.id,
+                        cluster_index=c.index,
+                        reveal_step=step,
+                        q_percent=q[step],
+                        guessed_class=guess,
+                        true_class=cls,
+                        correct=correct,
+                        label=label,
                         created_at=(t0 + _dt.timedelta(seconds=len(rows))).isoformat(),
                     )
                 )
