@@ -139,6 +139,7 @@ def run_backend(name: str, db_url: str, bundle: Path, args: argparse.Namespace, 
     signup_s = t0 - s0
     print(f"[{name}] {args.players} players signed up in {signup_s:.1f} s; load starts", flush=True)
     downtime = None
+    k0 = k1 = float("inf")
     if args.kill_at > 0:
         time.sleep(args.kill_at * args.duration)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -147,7 +148,8 @@ def run_backend(name: str, db_url: str, bundle: Path, args: argparse.Namespace, 
         print(f"[{name}] SIGKILL at t={k0 - t0:.1f} s; restarting", flush=True)
         proc = start(db_url, port, args.workers, log)
         wait_ready(proc, port)
-        downtime = time.monotonic() - k0
+        k1 = time.monotonic()
+        downtime = k1 - k0
         print(f"[{name}] back after {downtime:.1f} s", flush=True)
     for t in threads:
         t.join(args.duration + 120)
@@ -167,15 +169,24 @@ def run_backend(name: str, db_url: str, bundle: Path, args: argparse.Namespace, 
     extra = rows - acked
     doubled = sum(1 for v in rows.values() if v > 1)
     answers = collections.Counter((s.player, s.cluster_id) for s in total.submissions)
+    # latency percentiles of requests the server was up for: those sent before the kill and answered
+    # before it, or sent after the restart (requests caught by the kill/restart window are counted
+    # in "across_restart")
     lat = collections.defaultdict(list)
-    for kind, dt in total.latencies:
+    play_lat, across = [], []
+    for kind, dt, sent in total.latencies:
+        if sent < k0 <= sent + dt or k0 <= sent < k1:
+            across.append(dt)
+            continue
         lat[kind].append(dt)
-    play_lat = [dt for kind, dt in total.latencies if kind not in ("csrf", "signup", "login")]
+        if kind not in ("csrf", "signup", "login"):
+            play_lat.append(dt)
     all_lat = np.array(play_lat) if play_lat else np.zeros(1)
     result = {
         "backend": name, "players": args.players, "duration_s": args.duration, "workers": args.workers,
         "signup_all_s": round(signup_s, 1), "wall_s": round(wall, 1),
-        "responses": len(play_lat), "attempts": total.requests,
+        "responses": len(play_lat), "attempts": total.requests, "responses_across_restart": len(across),
+        "max_latency_across_restart_s": round(max(across), 1) if across else None,
         # answered requests (sign-up excluded) per second of the timed window ...
         "requests_per_s": round(len(play_lat) / wall, 1),
         # ... and per second the server was up (the kill + restart window left out)

@@ -73,7 +73,8 @@ class Submission:
 @dataclass
 class SimulationResult:
     submissions: list[Submission] = field(default_factory=list)
-    latencies: list[tuple[str, float]] = field(default_factory=list)  # (endpoint kind, seconds)
+    # (endpoint kind, seconds, time.monotonic() when the request was sent)
+    latencies: list[tuple[str, float, float]] = field(default_factory=list)
     requests: int = 0
     retries: int = 0
     rate_limited: int = 0
@@ -123,6 +124,7 @@ class _Player:
         delay = 0.05
         while True:
             h = {"X-CSRF-Token": self.csrf, **(headers or {})}
+            sent = time.monotonic()
             t0 = time.perf_counter()
             try:
                 r = self.c.request(method, url, json=json, headers=h)
@@ -131,7 +133,7 @@ class _Player:
             dt = time.perf_counter() - t0
             self.res.requests += 1
             if r is not None and r.status_code < 500 and r.status_code != 429:
-                self.res.latencies.append((kind, dt))
+                self.res.latencies.append((kind, dt, sent))
                 return r
             if r is not None and r.status_code == 429:
                 self.res.rate_limited += 1
@@ -176,7 +178,8 @@ class _Player:
         target = min(self.rng.randint(lo, hi), rnd["max_step"])
         while rnd["reveal_step"] < target:
             time.sleep(self.p.think_time)
-            r = self.call("reveal", "POST", f"/api/rounds/{rnd['id']}/reveal", json={"to_step": rnd["reveal_step"] + 1})
+            r = self.call("reveal", "POST", f"/api/rounds/{rnd['id']}/reveal", json={"to_step": rnd["reveal_step"] + 1},
+                          headers=self.oracle)
             if r.status_code != 200:
                 raise SimulationError(f"{self.p.name}: reveal: HTTP {r.status_code} {r.text[:200]}")
             rnd = r.json()["round"]
