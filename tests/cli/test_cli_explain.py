@@ -216,10 +216,15 @@ def test_several_bad_files_fail_fast_listing_all(bad_files, coffee_file, tmp_pat
         (["--target", "1000"], ["out of range"]),
         (["--target", "sunglasses"], ["ambiguous"]),
         (["--alpha", "3"], ["alpha"]),
+        (["--layer", "fc"], ["'fc'", "[B, C, H, W]"]),
     ],
 )
 def test_bad_options(args, fragments, coffee_file, tmp_path, cli):
     assert_one_line_error(cli("explain", coffee_file, *args, "--out", tmp_path / "out"), *fragments)
+
+
+def test_output_path_that_is_a_file(coffee_file, cli):
+    assert_one_line_error(cli("explain", coffee_file, "--out", coffee_file), "not a folder")
 
 
 @pytest.mark.parametrize(

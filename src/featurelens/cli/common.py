@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +117,11 @@ def collect_images(inputs: Sequence[str | Path], *, allow_folders: bool = False)
 
 
 def _load(path: Path) -> Image.Image:
-    # read the limit at call time so it can be lowered (tests, memory-constrained runs)
-    return imaging.load_image(path, max_pixels=imaging.MAX_PIXELS)
+    # read the limit at call time so it can be lowered (tests, memory-constrained runs); featurelens
+    # enforces its own pixel limit, so Pillow's bomb *warning* (not its error) is noise on stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return imaging.load_image(path, max_pixels=imaging.MAX_PIXELS)
 
 
 def check_images(paths: Sequence[Path]) -> list[tuple[int, int]]:
