@@ -116,7 +116,7 @@ def section(ctx: DemoContext) -> DemoSection:
             f"<h3>{escape(name)} → {escape(pred_name)} <span class='muted'>({pred_p:.1%})</span></h3>"
             f"<div style='display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap'>"
             f"<div style='width:290px'>{table(rows, ['top-5 class', 'probability'])}</div>"
-            f"<div style='flex:1;min-width:300px'>{gallery(figs, cell=190)}</div></div>"
+            f"<div style='flex:1;min-width:300px'>{gallery(figs, cell=165)}</div></div>"
         )
         summary_images.append(
             {"photo": name, "class": pred_name, "index": pred, "probability": round(pred_p, 4)}
