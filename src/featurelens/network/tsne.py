@@ -121,13 +121,12 @@ def pca_init(x: Tensor, n_components: int = 2) -> Tensor:
 def kl_gradient(p: Tensor, y: Tensor, eye: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``∂KL(P‖Q)/∂y = 4 Σ_j (p_ij − q_ij)(1 + ‖y_i − y_j‖²)^{-1}(y_i − y_j)``; also returns the kernel
     ``num_ij = (1 + ‖y_i − y_j‖²)^{-1}`` (zero diagonal) and its sum ``Z`` (so ``Q = num / Z``)."""
-    if eye is None:
-        eye = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+    del eye  # kept for API compatibility; the diagonal is zeroed in place
     sq = (y * y).sum(1)
     num = torch.addmm(sq[:, None] + sq[None, :], y, y.T, alpha=-2.0).clamp_min_(0.0).add_(1.0).reciprocal_()
-    num.masked_fill_(eye, 0.0)
+    num.fill_diagonal_(0.0)
     z = num.sum()
-    pq = (p - num / z).mul_(num)
+    pq = torch.sub(p, num, alpha=1.0 / float(z)).mul_(num)  # (p - num/Z) * num in one pass
     grad = 4.0 * (pq.sum(1, keepdim=True) * y - pq @ y)
     return grad, num, z
 
