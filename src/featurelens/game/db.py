@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,6 +132,11 @@ class Database:
         write_engine = engine.execution_options(sqlite_begin="IMMEDIATE") if is_sqlite(engine) else engine
         self._read = sessionmaker(engine, expire_on_commit=False)
         self._write = sessionmaker(write_engine, expire_on_commit=False)
+        # SQLite has one writer at a time and its busy handler polls (unfair under contention): queue this
+        # process's writers on a lock so only one connection per worker process waits on the file lock
+        self._write_lock: threading.Lock | contextlib.nullcontext[None] = (
+            threading.Lock() if is_sqlite(engine) else contextlib.nullcontext()
+        )
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
@@ -140,7 +146,7 @@ class Database:
     def write(self, fn: Callable[[Session], T], *, attempts: int = 6) -> T:
         """Run ``fn(session)`` in one transaction and commit; retry on deadlock / lock timeouts."""
         for attempt in range(attempts):
-            with self._write() as session:
+            with self._write_lock, self._write() as session:
                 try:
                     result = fn(session)
                     session.commit()
