@@ -32,7 +32,7 @@ def test_cli_network_fast_on_real_photos_then_validate_and_view(photo_dir, tmp_p
 
 
 def test_cli_bad_layer_name_is_listed(photo_dir, tmp_path, capsys):
-    code = main(["network", str(photo_dir / "chelsea.png"), "--layers", "blocks.15.projekt", "--out",
+    code = main(["network", str(photo_dir / "chelsea.png"), "--layers", "head,blocks.15.projekt", "--out",
                  str(tmp_path / "b"), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err

@@ -91,10 +91,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
     p.add_argument("--model", default="efficientnet_lite0", help="model name or checkpoint (default: %(default)s)")
     p.add_argument("--trust", action="store_true", help="allow loading a pickled model checkpoint")
-    p.add_argument("--layers", nargs="+", default=None, metavar="L",
-                   help="conv layers: names, containers (blocks.12), ranges A..B, slices i:j, 'all' or 'default' "
-                   "(default: the later half of the conv layers)")
-    p.add_argument("--fast", action="store_true", help="fast mode (shortened t-SNE), same as --mode fast")
+    p.add_argument("--layers", action="append", default=None, metavar="L[,L...]",
+                   help="conv layers, comma-separated or repeated: names, containers (blocks.12), ranges A..B, "
+                   "slices i:j, 'all' or 'default' (default: the later half of the conv layers)")
+    p.add_argument("--fast", action="store_true", help="fast mode (spectral embedding instead of t-SNE), same as --mode fast")
     p.add_argument("--mode", default="faithful", choices=["faithful", "fast", "sklearn", "pca"],
                    help="embedding before Ward clustering (default: %(default)s)")
     p.add_argument("--out", default="network-bundle", help="output bundle folder (default: %(default)s)")
