@@ -165,3 +165,15 @@ def test_explain_network_rejects_empty_input(tiny_cnn):
         explain_network(tiny_cnn, torch.zeros(0, 3, 8, 8), ["conv1"])
     with pytest.raises(FeaturelensError):
         explain_network(tiny_cnn, torch.zeros(1, 3, 8, 8), [])
+
+
+def test_faithful_mode_is_identical_with_one_or_two_layer_threads(tiny_cnn):
+    torch.manual_seed(11)
+    x = torch.randn(2, 3, 24, 24)
+    runs = [explain_network(tiny_cnn, x, ["conv1", "conv2"], params=NetworkParams(workers=w, effect=False))
+            for w in (1, 2, 2)]
+    for other in runs[1:]:
+        for r0, r1 in zip(runs[0], other):
+            for l0, l1 in zip(r0.layers, r1.layers):
+                assert np.array_equal(l0.labels, l1.labels) and np.array_equal(l0.weights, l1.weights)
+                assert all(np.array_equal(a.image_map, b.image_map) for a, b in zip(l0.clusters, l1.clusters))
