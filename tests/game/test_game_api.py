@@ -278,7 +278,7 @@ def test_leaderboard_history_stats_and_instructions(app, game_bundle):
     assert ra["cluster_id"] in page and "fur" in page
     inst = a.c.get("/instructions")
     assert inst.status_code == 200 and "Show more" in inst.text and "give up" in inst.text
-    assert all(f"{q} %" in inst.text for q in REVEAL_Q)
+    assert all(f"{q:g} %" in inst.text for q in REVEAL_Q)
     assert a.c.get("/").status_code == 200
 
 

@@ -38,6 +38,8 @@ def test_sign_up_play_two_reveals_guess_label_score_leaderboard(page, live_serve
         page.click("#show-more")
         expect(img).to_have_attribute("src", re.compile(rf"/r{step}\.jpg$"))
         expect(page.locator(".steps li.on")).to_have_count(step + 1)
+    expect(page.locator("#worth")).to_have_text("60")  # what a correct guess is worth now
+    expect(page.locator("#q")).to_have_text("8")
     page.wait_for_function("document.getElementById('reveal-img').naturalWidth > 0")
     page.screenshot(path=str(ARTIFACTS / "game-round.png"), full_page=True)
 

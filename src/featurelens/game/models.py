@@ -82,7 +82,7 @@ class Image(Base):
     image_key: Mapped[str] = mapped_column(String(200))
     true_class: Mapped[str | None] = mapped_column(String(200), nullable=True)
     predicted_class: Mapped[str] = mapped_column(String(200))
-    photo: Mapped[bytes] = mapped_column(LargeBinary)
+    photo: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when served
 
 
 class Cluster(Base):

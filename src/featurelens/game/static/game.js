@@ -28,7 +28,7 @@
         next.onload = function () { img.src = next.src; };
         next.src = rnd.image_url;
         document.getElementById("q").textContent = rnd.q_percent;
-        var worth = [100, 80, 60, 45, 30, 20];
+        var worth = document.getElementById("reveal-info").getAttribute("data-worth").split(",");
         document.getElementById("worth").textContent = worth[rnd.reveal_step];
         document.querySelectorAll(".steps li").forEach(function (li, i) {
           li.classList.toggle("on", i <= rnd.reveal_step);
