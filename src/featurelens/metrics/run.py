@@ -144,7 +144,10 @@ def evaluate_classifier(
     method_options: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationTable:
-    """Explain ``inputs`` with every method (the predicted class unless ``classes``) and evaluate."""
+    """Explain ``inputs`` with every method (the predicted class unless ``classes``) and evaluate.
+
+    The model is put in eval mode (batch norm must not mix the perturbed copies of a batch).
+    """
     from featurelens.methods import get_method
 
     names = resolve_metrics(metrics)
