@@ -129,6 +129,8 @@ def bench_gradient(spec, sample_images, reps: int) -> list[tuple[str, float, flo
 def worker(config: dict) -> dict:
     """Run one Score-CAM configuration on one photo in this (fresh) process."""
     spec, sample_images = load()
+    if config.get("mode") == "fast":
+        return fast_one_photo(spec, sample_images, config["photo"], config["ns"], config["default_n"])
     model = spec.model.eval()
     x = spec.prepare([sample_images([config["photo"]])[config["photo"]]])
     with torch.no_grad():
@@ -158,7 +160,7 @@ def worker(config: dict) -> dict:
 
 def run_worker(config: dict) -> dict:
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(config)],
+        [sys.executable, __file__, "--threads", str(torch.get_num_threads()), "--worker", json.dumps(config)],
         capture_output=True,
         text=True,
         check=False,
@@ -170,15 +172,18 @@ def run_worker(config: dict) -> dict:
 
 def bench_scorecam_exact(photo: str, default_n: int, parallel: bool = False) -> list[tuple[str, dict]]:
     configs = [
+        ("featurelens Score-CAM exact, chunk 16 (default)", {"impl": "featurelens", "batch_size": 16}),
         ("featurelens Score-CAM exact, chunk 32", {"impl": "featurelens", "batch_size": 32}),
         ("featurelens Score-CAM exact, chunk 64", {"impl": "featurelens", "batch_size": 64}),
         (
-            f"featurelens Score-CAM fast top_n={default_n}, chunk 32",
-            {"impl": "featurelens", "batch_size": 32, "top_n": default_n},
+            f"featurelens Score-CAM fast top_n={default_n}, chunk 16",
+            {"impl": "featurelens", "batch_size": 16, "top_n": default_n},
         ),
     ]
     if torchcam_available():
-        configs.append(("torchcam 0.5.0 ScoreCAM, batch_size 32", {"impl": "torchcam", "batch_size": 32}))
+        configs.append(
+            ("torchcam 0.5.0 ScoreCAM, batch_size 32 (default)", {"impl": "torchcam", "batch_size": 32})
+        )
     for _, cfg in configs:
         cfg["photo"] = photo
     if parallel:  # one process each, concurrently: fine for ratios and ru_maxrss on an overloaded box
@@ -204,34 +209,45 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denom) if denom > 0 else float("nan")
 
 
-def bench_fast(spec, sample_images, photos: list[str], ns: list[int], default_n: int) -> dict:
-    """Per photo: exact Score-CAM once, fast mode (activation ranking) for every N, and the
-    gradient ranking at the default N; speed-up = exact time / fast time on the same photo."""
+def fast_one_photo(spec, sample_images, name: str, ns: list[int], default_n: int) -> dict:
+    """One photo: exact Score-CAM once, fast mode (activation ranking) for every N and the gradient
+    ranking at the default N; speed-up = exact time / fast time on the same photo."""
     from featurelens.api import Explainer
 
-    model = spec.model.eval()
-    ex = Explainer(model, LAYER)
-    images = sample_images(photos)
+    ex = Explainer(spec.model.eval(), LAYER)
+    x = spec.prepare([sample_images([name])[name]])
+    t = time.perf_counter()
+    exact = ex.explain(x, "scorecam", method_options={"scorecam": {"batch_size": 16}})
+    t_exact = time.perf_counter() - t
+    records = []
+    for select, n in [("activation", n) for n in ns] + [("gradient", default_n)]:
+        opts = {"batch_size": 16, "top_n": n, "select": select}
+        t = time.perf_counter()
+        fast = ex.explain(x, "scorecam", method_options={"scorecam": opts})
+        t_fast = time.perf_counter() - t
+        # sanity: the fast mode's channel scores are the exact ones on the chosen channels
+        chosen = fast.weights[LAYER] != 0
+        assert torch.allclose(fast.weights[LAYER][chosen], exact.weights[LAYER][chosen], atol=1e-5)
+        records.append([select, n, t_exact / t_fast, pearson(fast.map[0], exact.map[0])])
+    return {"photo": name, "exact_s": t_exact, "records": records}
+
+
+def bench_fast(spec, sample_images, photos: list[str], ns: list[int], default_n: int, parallel: bool) -> dict:
+    if parallel:  # one subprocess per photo (the ratios are measured inside each)
+        from concurrent.futures import ThreadPoolExecutor
+
+        cfgs = [{"mode": "fast", "photo": p, "ns": ns, "default_n": default_n} for p in photos]
+        with ThreadPoolExecutor(max_workers=len(cfgs)) as pool:
+            results = list(pool.map(run_worker, cfgs))
+    else:
+        results = [fast_one_photo(spec, sample_images, p, ns, default_n) for p in photos]
     configs = [("activation", n) for n in ns] + [("gradient", default_n)]
     out: dict = {"photos": photos, "exact_s": [], "fast": {c: {"speedup": [], "r": []} for c in configs}}
-    for name in photos:
-        x = spec.prepare([images[name]])
-        t = time.perf_counter()
-        exact = ex.explain(x, "scorecam", method_options={"scorecam": {"batch_size": 32}})
-        t_exact = time.perf_counter() - t
-        out["exact_s"].append(t_exact)
-        for select, n in configs:
-            opts = {"batch_size": 32, "top_n": n, "select": select}
-            t = time.perf_counter()
-            fast = ex.explain(x, "scorecam", method_options={"scorecam": opts})
-            t_fast = time.perf_counter() - t
-            # sanity: the fast mode's channel scores are the exact ones on the chosen channels
-            chosen = fast.weights[LAYER] != 0
-            assert torch.allclose(fast.weights[LAYER][chosen], exact.weights[LAYER][chosen], atol=1e-5)
-            rec = out["fast"][(select, n)]
-            rec["speedup"].append(t_exact / t_fast)
-            rec["r"].append(pearson(fast.map[0], exact.map[0]))
-        print(f"  done: {name} (exact {t_exact:.1f} s)", file=sys.stderr, flush=True)
+    for res in results:
+        out["exact_s"].append(res["exact_s"])
+        for select, n, speedup, r in res["records"]:
+            out["fast"][(select, n)]["speedup"].append(speedup)
+            out["fast"][(select, n)]["r"].append(r)
     return out
 
 
@@ -297,7 +313,7 @@ def main() -> None:
         print()
 
     if "fast" not in args.skip:
-        fast = bench_fast(spec, sample_images, photos, ns, DEFAULT_TOP_N)
+        fast = bench_fast(spec, sample_images, photos, ns, DEFAULT_TOP_N, args.parallel)
         print(f"## Fast Score-CAM vs exact, 1 image, over {len(photos)} photos ({', '.join(photos)})\n")
         print(f"exact Score-CAM per photo (s): {', '.join(f'{t:.1f}' for t in fast['exact_s'])}\n")
         print("| ranking | N | median speed-up vs exact | min speed-up | mean r | min r |")

@@ -35,12 +35,11 @@ def channel_masks(activation: Tensor, size: tuple[int, int]) -> Tensor:
     """``[n, h, w]`` activation maps → ``[n, H, W]`` masks: bilinear upsampling to ``size`` then
     min-max normalisation of each mask to [0, 1] (a constant channel gives an all-zero mask)."""
     up = F.interpolate(activation[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-    flat = up.flatten(1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
-    span = hi - lo
-    out = torch.where(span > 1e-12, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
-    return out.view_as(up)
+    flat = up.view(up.shape[0], -1)  # normalised in place: no full-size temporaries
+    lo = flat.amin(dim=1, keepdim=True)
+    span = flat.amax(dim=1, keepdim=True) - lo
+    flat.sub_(lo).div_(span.clamp_min(1e-12)).mul_(span > 1e-12)
+    return up
 
 
 @register
@@ -58,7 +57,8 @@ class ScoreCAM(Method):
     target's own score of the masked input's output.
 
     Args:
-        batch_size: masked copies per forward pass; peak memory grows with it, not with ``K``.
+        batch_size: masked copies per forward pass (default 16); peak memory grows with it, not with
+            ``K``. On CPU, 16 is as fast per image as 32 or 64 and needs about half the memory of 32.
         top_n: fast mode: score only the ``top_n`` channels ranked by ``select``; the other
             channels get weight 0. ``None`` (default) scores every channel (exact Score-CAM).
         fast: shorthand for ``top_n=DEFAULT_TOP_N`` when ``top_n`` is not given.
@@ -75,7 +75,7 @@ class ScoreCAM(Method):
 
     def __init__(
         self,
-        batch_size: int = 32,
+        batch_size: int = 16,
         top_n: int | None = None,
         select: Selection = "activation",
         fast: bool = False,
