@@ -10,6 +10,7 @@ import pytest
 
 from featurelens.game.masks import REVEAL_Q, reveal, soft_mask, top_q_mask
 from featurelens.game.scoring import GUESS_POINTS, ExactMatcher, LemmaMatcher, guess_points
+from featurelens.game.store import EXPORT_COLUMNS
 
 
 def _slow_top_q(m: np.ndarray, q: float) -> np.ndarray:
@@ -116,3 +117,24 @@ def test_cli_import_export_progress(tmp_path, game_bundle, capsys):
     assert main(["game", "progress", "--campaign", "cli", "--database-url", str(db_path)]) == 0
     assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["labels"] == 2
     db.dispose()
+
+
+@pytest.mark.slow
+def test_cli_through_a_running_servers_admin_api(live_server, game_bundle, tmp_path, capsys, monkeypatch):
+    from game_helpers import ADMIN
+
+    from featurelens.cli.main import main
+
+    monkeypatch.delenv("FEATURELENS_ADMIN_TOKEN", raising=False)
+    assert main(["game", "progress", "--campaign", "test", "--server", live_server]) == 2
+    assert "needs the admin token" in capsys.readouterr().err
+    assert main(["game", "progress", "--campaign", "test", "--server", live_server, "--admin-token", "bad"]) == 2
+    assert "401" in capsys.readouterr().err
+    monkeypatch.setenv("FEATURELENS_ADMIN_TOKEN", ADMIN)
+    assert main(["game", "import", str(game_bundle), "--campaign", "remote", "--server", live_server]) == 0
+    assert "24 maps" in capsys.readouterr().out
+    assert main(["game", "progress", "--campaign", "remote", "--server", live_server]) == 0
+    assert json.loads(capsys.readouterr().out)["maps"] == 24
+    out = tmp_path / "remote.csv"
+    assert main(["game", "export", "--campaign", "remote", "--out", str(out), "--server", live_server]) == 0
+    assert out.read_text().splitlines() == [",".join(EXPORT_COLUMNS)]  # no answers yet: the header only
