@@ -19,9 +19,7 @@ DEFAULT_OUT = "featurelens-similarity"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from featurelens.similarity.embedding import EMBEDDERS
-
-    models = ", ".join(sorted(EMBEDDERS))
+    models = "efficientnet_lite0, shapes_metric"  # the registered embedders (not imported here: keeps start-up free of torch)
     p = sub.add_parser(
         "similarity",
         help="SFAM maps explaining why two images are similar (embedding models)",
