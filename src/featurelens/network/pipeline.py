@@ -11,7 +11,7 @@ Embedding modes (step 3):
   :mod:`featurelens.network.tsne`), layers in parallel threads. Deterministic.
 * ``"fast"`` – no t-SNE descent: a 2-D Laplacian eigenmap of the same t-SNE affinities ``P``
   (:func:`featurelens.network.tsne.spectral_embedding`; early-exaggerated t-SNE is spectral
-  clustering on ``P`` in disguise). About 10× faster than the faithful mode; its agreement with the
+  clustering on ``P`` in disguise). About 8× faster than the faithful mode; its agreement with the
   faithful mode is measured by ``benchmarks/bench_network.py`` against the faithful mode's own
   numerical-noise ceiling (float32 vs float64 t-SNE).
 * ``"sklearn"`` – scikit-learn's ``TSNE(init="pca")`` (Barnes–Hut), the paper pipeline as published;
