@@ -18,7 +18,7 @@ The result keeps forward order and has no duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,7 @@ def conv_layers(model: nn.Module, sample: Tensor) -> list[str]:
     handles = []
     training = [(m, m.training) for m in model.modules()]
 
-    def make(name: str):
+    def make(name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, inputs: object, output: object) -> None:
             if name not in order:
                 order.append(name)

@@ -26,7 +26,7 @@ image in one batch, and ``effect = s(x) − s(x_deleted)`` is the drop of the ta
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -149,7 +149,7 @@ def embed(features: Tensor, params: NetworkParams) -> Tensor:
 
 
 @contextmanager
-def _single_threaded_torch():
+def _single_threaded_torch() -> Iterator[None]:
     """Run layer jobs one per thread with torch intra-op parallelism off (deterministic results)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
