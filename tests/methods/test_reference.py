@@ -284,7 +284,7 @@ def test_scorecam_fast_mode_activation_mass(strided):
     top = [sorted(range(7), key=lambda k: -mass[b][k])[:3] for b in range(2)]
     ref_map, ref_w = ref_scorecam(strided, x, "relu2", classes, channels=top)
     exp = Explainer(strided, "relu2").explain(
-        x, "scorecam", method_options={"scorecam": {"top_n": 3, "batch_size": 2}}
+        x, "scorecam", method_options={"scorecam": {"top_n": 3, "batch_size": 2, "select": "activation"}}
     )
     w = exp.weights["relu2"].double()
     assert [(w[b] != 0).nonzero().flatten().tolist() for b in range(2)] == [sorted(t) for t in top]
@@ -363,3 +363,29 @@ def test_scorecam_fast_flag_and_top_n_beyond_channels(strided):
     exact = ex.explain(x, "scorecam")
     wide = ex.explain(x, "scorecam", method_options={"scorecam": {"top_n": 50}})  # more than 7 channels
     assert torch.allclose(exact.weights["relu2"], wide.weights["relu2"])
+
+
+def test_scorecam_fast_mode_variance_rank_is_default(strided):
+    torch.manual_seed(10)
+    x = torch.randn(2, 3, 13, 11)
+    classes = strided(x).argmax(1).tolist()
+    acts = {}
+    h = strided.relu2.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        strided(x)
+    h.remove()
+    a = acts["a"].double().tolist()
+    top = []
+    for b in range(2):
+        variances = []
+        for k in range(7):
+            vals = [v for row in a[b][k] for v in row]
+            mean = sum(vals) / len(vals)
+            variances.append(sum((v - mean) ** 2 for v in vals) / len(vals))
+        top.append(sorted(range(7), key=lambda k, v=variances: -v[k])[:4])
+    ref_map, ref_w = ref_scorecam(strided, x, "relu2", classes, channels=top)
+    method = get_method("scorecam", top_n=4)
+    assert method.select == "variance"
+    exp = Explainer(strided, "relu2").explain(x, method)
+    assert torch.allclose(exp.weights["relu2"].double(), ref_w, atol=1e-6)
+    assert torch.allclose(exp.raw_maps["relu2"].double(), ref_map, atol=ATOL, rtol=RTOL)
