@@ -45,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="comma-separated: deletion, insertion, adic (Average Drop / Increase in Confidence; "
         "alias adcc), pointing, energy-pointing, sanity (default: deletion,insertion,adic)",
     )
-    p.add_argument("--similarity-metric", choices=["cosine", "euclidean"], default="cosine",
-                   help="similarity mode: the similarity being explained (default cosine)")
+    p.add_argument(
+        "--similarity-metric",
+        choices=["cosine", "euclidean"],
+        default="cosine",
+        help="similarity mode: the similarity being explained (default cosine)",
+    )
     p.add_argument("--steps", type=_positive_int, default=50, help="deletion/insertion steps (default 50)")
     p.add_argument(
         "--baseline",
@@ -55,7 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="what deleted pixels become in deletion/insertion (default blur)",
     )
     p.add_argument(
-        "--batch-size", "-b", type=_positive_int, default=64, help="rows per forward pass (default 64)"
+        "--batch-size",
+        "-b",
+        type=_positive_int,
+        default=16,
+        help="rows per forward pass (default 16: on CPU larger batches are not faster)",
     )
     p.add_argument(
         "--layer", "-l", default=None, help="layer to explain (default: the model's default layer)"
