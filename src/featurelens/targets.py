@@ -117,12 +117,12 @@ class Predicted:
         return f"Predicted(kind={self.kind!r})"
 
 
-def Logit(classes: int | Sequence[int] | Tensor | None = None) -> ClassTarget | Predicted:  # noqa: N802
+def Logit(classes: int | Sequence[int] | Tensor | None = None) -> ClassTarget | Predicted:
     """The raw logit of ``classes`` (of the predicted class when None)."""
     return Predicted("logit") if classes is None else ClassTarget(classes, "logit")
 
 
-def Probability(classes: int | Sequence[int] | Tensor | None = None) -> ClassTarget | Predicted:  # noqa: N802
+def Probability(classes: int | Sequence[int] | Tensor | None = None) -> ClassTarget | Predicted:
     """The softmax probability of ``classes`` (of the predicted class when None)."""
     return Predicted("probability") if classes is None else ClassTarget(classes, "probability")
 

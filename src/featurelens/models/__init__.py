@@ -199,7 +199,7 @@ def register_model(name: str, factory: Callable[[], ModelSpec]) -> None:
 
 
 def available_models() -> list[str]:
-    return sorted(REGISTRY) + ["torchvision:<name>", "timm:<name>", "<path to .pt>"]
+    return [*sorted(REGISTRY), "torchvision:<name>", "timm:<name>", "<path to .pt>"]
 
 
 def load_model(name: str = DEFAULT_MODEL, *, trust: bool = False, device: str | torch.device = "cpu") -> ModelSpec:
