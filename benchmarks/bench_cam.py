@@ -5,7 +5,7 @@ measured in the same run (repetitions interleaved, medians), because this machin
 absolute times drift. Sections:
 
 1. gradient methods, batch 8, 224×224: featurelens vs torchcam (when importable);
-2. exact Score-CAM, 1 image: seconds per image and peak memory (``ru_maxrss`` of a fresh
+2. exact Score-CAM, 1 image: seconds per image and peak memory (peak RSS, VmHWM, of a fresh
    subprocess per configuration), featurelens (chunk 32 / 64) vs torchcam;
 3. fast Score-CAM (top-N channels): speed-up vs exact and Pearson r of the maps over real photos.
 
@@ -138,7 +138,7 @@ def worker(config: dict) -> dict:
         model(x)  # warm-up
     with torch.no_grad():
         bare = statistics.median(timed(lambda: model(x)) for _ in range(5))
-    setup_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    setup_mb = peak_rss_mb()
     if config["impl"] == "featurelens":
         from featurelens.api import Explainer
 
@@ -155,8 +155,21 @@ def worker(config: dict) -> dict:
                 out = model(x)
             extractor(out.argmax(1).tolist())
         seconds = time.perf_counter() - t
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": seconds, "bare": bare, "setup_mb": setup_kb / 1024, "peak_mb": peak_kb / 1024}
+    peak_mb = peak_rss_mb()
+    return {"seconds": seconds, "bare": bare, "setup_mb": setup_mb, "peak_mb": peak_mb}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the current address space; ru_maxrss
+    would also carry the parent's RSS across fork+exec on Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_worker(config: dict) -> dict:
@@ -352,7 +365,7 @@ def main() -> None:
                 f"| {name} | {r['seconds']:.1f} | {r['seconds'] / r['bare']:.0f}x | {r['peak_mb']:.0f} | "
                 f"{r['peak_mb'] - r['setup_mb']:.0f} |"
             )
-        print("\nRSS growth = peak ru_maxrss minus ru_maxrss after loading the model and a warm-up forward.")
+        print("\nRSS growth = peak RSS (VmHWM) minus peak RSS after loading the model and a warm-up forward.")
 
 
 if __name__ == "__main__":
