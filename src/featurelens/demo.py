@@ -23,9 +23,9 @@ from typing import Any
 #: sections of the demo report, in order ("module:function")
 SECTIONS: list[str] = [
     "featurelens.report.demo_cam:section",
-    "featurelens.labels.demo:section",
     "featurelens.similarity.demo:section",
     "featurelens.network.demo:section",
+    "featurelens.labels.demo:section",
 ]
 
 
