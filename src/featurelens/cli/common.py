@@ -8,6 +8,7 @@ so a long run never dies half-way on the 97th file. Commands that prefer to skip
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import sys
@@ -26,6 +27,17 @@ T = TypeVar("T")
 
 #: progress bars appear (on a terminal) when a command handles more images than this
 FEW_IMAGES = 3
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, with a one-line error otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def echo(message: str) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from featurelens.cli import common
+from featurelens.cli.common import positive_int
 from featurelens.errors import FeaturelensError, MethodError
 
 DEFAULT_OUT = "featurelens-eval"
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="cosine",
         help="similarity mode: the similarity being explained (default cosine)",
     )
-    p.add_argument("--steps", type=_positive_int, default=50, help="deletion/insertion steps (default 50)")
+    p.add_argument("--steps", type=positive_int, default=50, help="deletion/insertion steps (default 50)")
     p.add_argument(
         "--baseline",
         choices=["blur", "constant"],
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--batch-size",
         "-b",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="rows per forward pass (default 16: on CPU larger batches are not faster)",
     )
@@ -76,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--scorecam-top-n",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="Score-CAM fast mode (top-N channels); default exact",
@@ -88,16 +89,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--out", "-o", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)"
     )
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_method_list(text: str | Sequence[str]) -> list[str]:

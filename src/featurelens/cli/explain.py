@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from featurelens.cli import common
+from featurelens.cli.common import positive_int
 from featurelens.errors import MethodError, TargetError
 
 DEFAULT_OUT = "featurelens-out"
@@ -74,11 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--out", "-o", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default: {DEFAULT_OUT}/)"
     )
     p.add_argument(
-        "--batch-size", "-b", type=_positive_int, default=8, metavar="N", help="images per batch (default 8)"
+        "--batch-size", "-b", type=positive_int, default=8, metavar="N", help="images per batch (default 8)"
     )
     p.add_argument(
         "--scorecam-top-n",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="Score-CAM fast mode: score only the N strongest channels (default: exact, all channels)",
@@ -86,16 +87,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map, 0..1 (default 0.5)")
     p.add_argument("--colormap", default="jet", help="matplotlib colormap of the overlay (default jet)")
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_methods(values: Sequence[str] | None) -> list[str]:
