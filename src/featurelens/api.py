@@ -35,7 +35,9 @@ class Explainer:
         call: which call of a layer to explain when a module runs several times per forward (default last).
     """
 
-    def __init__(self, model: nn.Module, layers: LayerRef | Sequence[LayerRef] | None = None, *, call: int = -1) -> None:
+    def __init__(
+        self, model: nn.Module, layers: LayerRef | Sequence[LayerRef] | None = None, *, call: int = -1
+    ) -> None:
         self.model = model
         self._layers = layers
         self.call = call
@@ -67,7 +69,8 @@ class Explainer:
             raise MethodError("no method given")
         options = method_options or {}
         instances = [
-            m if isinstance(m, Method) else get_method(m, **options.get(str(m), {})) for m in method_list  # type: ignore[arg-type]
+            m if isinstance(m, Method) else get_method(m, **options.get(str(m), {}))
+            for m in method_list  # type: ignore[arg-type]
         ]
         if inputs.ndim != 4:
             raise MethodError(f"inputs must be a [B, C, H, W] batch, got shape {tuple(inputs.shape)}")

@@ -125,11 +125,16 @@ class Capture:
             _check_not_inference_mode()
         if self._active:
             raise RuntimeError("Capture is not re-entrant")
-        self._training = [(m, m.training) for m in self.model.modules()]
-        self._requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+        # remember (and later restore) only what this capture changes: modules in training mode and,
+        # when gradients are wanted, parameters that require grad (a gradient-free capture runs under
+        # no_grad, so it leaves requires_grad alone and costs nothing per parameter)
+        self._training = [(m, True) for m in self.model.modules() if m.training] if self.eval_mode else []
+        self._requires_grad = (
+            [(p, True) for p in self.model.parameters() if p.requires_grad] if self.want_gradients else []
+        )
         try:
-            if self.eval_mode:
-                self.model.eval()
+            for m, _ in self._training:
+                m.training = False
             for p, _ in self._requires_grad:
                 p.requires_grad_(False)
             for name, module in self.layers:
@@ -311,7 +316,9 @@ def trace_layers(model: nn.Module, sample: Tensor) -> list[LayerInfo]:
     # modules that never ran still get listed, at the end
     for name, module in model.named_modules():
         if name and name not in records:
-            records[name] = LayerInfo(name, type(module).__name__, None, sum(p.numel() for p in module.parameters()), 0)
+            records[name] = LayerInfo(
+                name, type(module).__name__, None, sum(p.numel() for p in module.parameters()), 0
+            )
             order.append(name)
     return [records[n] for n in order]
 
@@ -319,7 +326,11 @@ def trace_layers(model: nn.Module, sample: Tensor) -> list[LayerInfo]:
 def spatial_layers(infos: Iterable[LayerInfo]) -> list[LayerInfo]:
     """Layers with a 4-D output whose spatial size is larger than 1×1, in completion order."""
     return [
-        i for i in infos if i.output_shape is not None and len(i.output_shape) == 4 and i.output_shape[2] * i.output_shape[3] > 1
+        i
+        for i in infos
+        if i.output_shape is not None
+        and len(i.output_shape) == 4
+        and i.output_shape[2] * i.output_shape[3] > 1
     ]
 
 

@@ -125,7 +125,9 @@ def resize_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinearly resize maps [B, h, w] to [B, H, W] (values stay inside the input range)."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
-    return F.interpolate(maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear", align_corners=False).squeeze(1)
+    return F.interpolate(
+        maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear", align_corners=False
+    ).squeeze(1)
 
 
 def resize_map_np(m: np.ndarray, size_hw: Sequence[int]) -> np.ndarray:

@@ -174,7 +174,9 @@ def comparison_grid(
         y = header + pad + i * (cell + pad)
         if row_labels is not None:
             draw.text((4, y + cell // 2 - 6), str(row_labels[i])[:18], fill="black")
-        tiles = [pil] + [Image.fromarray(explanations[m].overlay(pil, i, alpha=alpha, colormap=colormap)) for m in methods]
+        tiles = [pil] + [
+            Image.fromarray(explanations[m].overlay(pil, i, alpha=alpha, colormap=colormap)) for m in methods
+        ]
         for j, tile in enumerate(tiles):
             grid.paste(tile.resize((cell, cell), Image.BILINEAR), (label_w + pad + j * (cell + pad), y))
     return grid

@@ -140,7 +140,9 @@ def as_target(target: TargetLike) -> Callable[[Tensor], Tensor]:
         return ClassTarget(target)  # type: ignore[arg-type]
     if callable(target):
         return target
-    raise TargetError(f"a target is a class index, a list of indices or a callable, got {type(target).__name__}")
+    raise TargetError(
+        f"a target is a class index, a list of indices or a callable, got {type(target).__name__}"
+    )
 
 
 def evaluate_target(target: Callable[[Tensor], Tensor], output: Tensor, batch: int) -> Tensor:
@@ -151,7 +153,9 @@ def evaluate_target(target: Callable[[Tensor], Tensor], output: Tensor, batch: i
     if scores.ndim == 0 and batch == 1:
         scores = scores.reshape(1)
     if scores.ndim != 1 or scores.shape[0] != batch:
-        raise TargetError(f"a target must return one score per sample, shape [{batch}], got {tuple(scores.shape)}")
+        raise TargetError(
+            f"a target must return one score per sample, shape [{batch}], got {tuple(scores.shape)}"
+        )
     return scores
 
 

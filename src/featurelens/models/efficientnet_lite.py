@@ -107,6 +107,9 @@ def preprocess_lite(images: list, size: tuple[int, int] = (224, 224)) -> Tensor:
     import numpy as np
     from PIL import Image
 
-    arrays = [np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32) for im in images]
+    arrays = [
+        np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR), dtype=np.float32)
+        for im in images
+    ]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return (batch - 127.5) / 127.5

@@ -36,7 +36,11 @@ INPUT_SIZE = (28, 28)
 
 
 def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(),
+    ]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
@@ -59,7 +63,10 @@ class ShapesMetricNet(nn.Module):
 
 def preprocess_shapes(images: list[Image.Image]) -> Tensor:
     """PIL images → ``[B, 1, 28, 28]``: grayscale, resized to 28×28, scaled to [-1, 1]."""
-    arrays = [np.asarray(im.convert("L").resize((INPUT_SIZE[1], INPUT_SIZE[0]), Image.BILINEAR), dtype=np.float32) for im in images]
+    arrays = [
+        np.asarray(im.convert("L").resize((INPUT_SIZE[1], INPUT_SIZE[0]), Image.BILINEAR), dtype=np.float32)
+        for im in images
+    ]
     batch = torch.from_numpy(np.stack(arrays))[:, None] / 255.0
     return (batch - 0.5) / 0.5
 
@@ -100,7 +107,9 @@ def load_shapes_dataset() -> tuple[np.ndarray, np.ndarray]:
     """animal-shape-mnist 0.39: ``X`` uint8 [10000, 28, 28] and labels int64 [10000] (0..9)."""
     spec = importlib.util.find_spec("animal_shape_mnist")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the animal-shape-mnist package is not installed (`pip install featurelens[metric]`)")
+        raise ModelError(
+            "the animal-shape-mnist package is not installed (`pip install featurelens[metric]`)"
+        )
     root = Path(next(iter(spec.submodule_search_locations))) / "data" / "Animal Shape"
     arrays = []
     for name in ("animal_data_version_3.gz", "animal_label_version_3.gz"):

@@ -169,7 +169,9 @@ class Bundle:
 # ---------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------
-def _req(obj: Any, key: str, types: type | tuple[type, ...], where: str, errors: list[str], nullable: bool = False) -> Any:
+def _req(
+    obj: Any, key: str, types: type | tuple[type, ...], where: str, errors: list[str], nullable: bool = False
+) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         errors.append(f"{where}: missing key {key!r}")
         return None
@@ -180,7 +182,9 @@ def _req(obj: Any, key: str, types: type | tuple[type, ...], where: str, errors:
         errors.append(f"{where}.{key}: expected {types}, got bool")
         return None
     if not isinstance(value, types):
-        errors.append(f"{where}.{key}: expected {getattr(types, '__name__', types)}, got {type(value).__name__}")
+        errors.append(
+            f"{where}.{key}: expected {getattr(types, '__name__', types)}, got {type(value).__name__}"
+        )
         return None
     return value
 
@@ -258,7 +262,9 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
                 errors.append(f"{cw}.layer: {layer!r} is not among the bundle's layers")
             _req(c, "index", int, cw, errors)
             channels = _req(c, "channels", list, cw, errors)
-            if channels is not None and (not channels or not all(isinstance(k, int) and k >= 0 for k in channels)):
+            if channels is not None and (
+                not channels or not all(isinstance(k, int) and k >= 0 for k in channels)
+            ):
                 errors.append(f"{cw}.channels: expected a non-empty list of channel indices")
             weight = _req(c, "weight", (int, float), cw, errors)
             if weight is not None and not (math.isfinite(weight) and weight >= 0):
@@ -379,7 +385,9 @@ class BundleWriter:
     def add_layer(self, name: str, channels: int, feature_size: tuple[int, int] | list[int]) -> None:
         if any(layer.name == name for layer in self.bundle.layers):
             return
-        self.bundle.layers.append(Layer(name=name, channels=int(channels), feature_size=[int(s) for s in feature_size]))
+        self.bundle.layers.append(
+            Layer(name=name, channels=int(channels), feature_size=[int(s) for s in feature_size])
+        )
 
     def add_image(
         self,
@@ -450,9 +458,9 @@ class BundleWriter:
         npy, png, ov = f"{folder}/{index}.npy", f"{folder}/{index}.png", f"{folder}/{index}_overlay.png"
         np.save(self.root / npy, np.asarray(feature_map, dtype=np.float32))
         Image.fromarray(_to_uint8(image_map), mode="L").save(self.root / png)
-        Image.fromarray(overlay(self._rgb[image_id], image_map, alpha=self.overlay_alpha, colormap=self.colormap)).save(
-            self.root / ov
-        )
+        Image.fromarray(
+            overlay(self._rgb[image_id], image_map, alpha=self.overlay_alpha, colormap=self.colormap)
+        ).save(self.root / ov)
         cluster = Cluster(
             id=f"{image_id}/{layer}/{index}",
             layer=layer,
