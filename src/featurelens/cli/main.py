@@ -19,12 +19,12 @@ from featurelens.errors import FeaturelensError
 COMMAND_MODULES = [
     "explain",
     "inspect_cmd",
-    "demo_cmd",
-    "labels",
-    "evaluate",
     "similarity",
-    "game",
+    "evaluate",
     "network",
+    "game",
+    "labels",
+    "demo_cmd",
 ]
 
 
