@@ -92,18 +92,14 @@ def image_figure(bundle: Bundle, locals_: list[LocalExplanation], alpha: float =
             merged = f" ×{len(region.cluster_ids)}" if region.merged else ""
             ax.set_title(f"{_label_text(region.labels, 2)}\nw={region.weight:.1f}%{merged}", fontsize=7)
             if c == 0:
-                ax.text(
-                    -0.05,
-                    0.5,
-                    le.layer,
-                    transform=ax.transAxes,
-                    rotation=90,
-                    ha="right",
-                    va="center",
-                    fontsize=8,
-                )
+                _row_label(ax, le.layer, -0.05)
     fig.suptitle(f"{locals_[0].image_id} ({locals_[0].class_name}): clusters per layer", fontsize=9)
     return _fig_png(fig)
+
+
+def _row_label(ax: object, text: str, x: float) -> None:
+    """A layer name written vertically left of a figure row."""
+    ax.text(x, 0.5, text, transform=ax.transAxes, rotation=90, ha="right", va="center", fontsize=8)  # type: ignore[attr-defined]
 
 
 def _examples_strip(bundle: Bundle, cluster_ids: list[str], n: int, size: int = 96) -> np.ndarray:
@@ -138,16 +134,7 @@ def global_figure(bundle: Bundle, class_name: str, per_layer: list, top: int, ex
             ax.imshow(_examples_strip(bundle, lab.examples, examples))
             ax.set_title(f"{lab.representative}: S={lab.score:.1f}, w̄={lab.mean_weight:.0f}%", fontsize=7)
             if c == 0:
-                ax.text(
-                    -0.03,
-                    0.5,
-                    g.layer,
-                    transform=ax.transAxes,
-                    rotation=90,
-                    ha="right",
-                    va="center",
-                    fontsize=8,
-                )
+                _row_label(ax, g.layer, -0.03)
     fig.suptitle(f"{class_name}: top labels per layer (summed score S, mean cluster weight w̄)", fontsize=9)
     return _fig_png(fig)
 
