@@ -221,3 +221,61 @@ def test_deletion_masks_cover_the_requested_fraction():
     torch.manual_seed(9)
     m = deletion_masks(torch.rand(3, 10, 10), 0.2)
     assert m.sum((1, 2)).tolist() == [20.0, 20.0, 20.0]
+
+
+# -- stability of a layer's clustering ----------------------------------------
+def test_map_agreement_matches_explicit_formula():
+    g = torch.Generator().manual_seed(11)
+    ref, other = torch.rand(3, 4, 5, generator=g), torch.rand(4, 4, 5, generator=g)
+    w = torch.tensor([50.0, 30.0, 20.0])
+    expected = 0.0
+    for c in range(3):
+        best = max(np.corrcoef(ref[c].flatten().numpy(), other[j].flatten().numpy())[0, 1] for j in range(4))
+        expected += float(w[c]) * best
+    expected /= float(w.sum())
+    assert math.isclose(C.map_agreement(ref, w, other), expected, rel_tol=1e-9)
+    # a map set agrees perfectly with itself and with an affine rescaling of itself
+    assert math.isclose(C.map_agreement(ref, w, 3.0 * ref + 1.0), 1.0, rel_tol=1e-12)
+    # a constant counterpart correlates 0; empty sides give nan
+    assert C.map_agreement(ref[:1], w[:1], torch.ones(1, 4, 5)) == 0.0
+    assert math.isnan(C.map_agreement(ref, w, other[:0]))
+
+
+def _layer_inputs(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activation and a positive gradient such that every channel is kept with a similar weight."""
+    act = maps.clamp_min(0) + 1e-3
+    return act, torch.ones_like(act)
+
+
+def test_stability_is_one_for_separated_patterns():
+    maps, _ = three_pattern_maps(per=15)
+    act, grad = _layer_inputs(maps)
+    r = explain_layer("l", act, grad, (28, 28), NetworkParams(effect=False, stability_runs=3))
+    assert r.k == 3
+    assert r.stability == 1.0 and math.isclose(r.map_stability, 1.0, rel_tol=1e-9)
+    stats = r.stats()
+    assert stats["stability"] == 1.0 and stats["map_stability"] == 1.0
+    assert "stability" not in explain_layer("l", act, grad, (28, 28), NetworkParams(effect=False)).stats()
+
+
+def test_stability_exposes_faithful_clusters_of_structureless_channels():
+    g = torch.Generator().manual_seed(12)
+    maps = torch.rand(80, 7, 7, generator=g)  # i.i.d. noise: no cluster structure at all
+    act, grad = _layer_inputs(maps)
+    params = NetworkParams(effect=False, stability_runs=4)
+    r = explain_layer("l", act, grad, (28, 28), params)
+    assert r.stability is not None and r.stability < 0.5  # float-sized noise moves t-SNE's boundaries
+    again = explain_layer("l", act, grad, (28, 28), params)
+    assert (again.stability, again.map_stability) == (r.stability, r.map_stability)  # seeded: reproducible
+    # the fast mode has no iterated descent: the same noise leaves its clusters where they are
+    fast = explain_layer("l", act, grad, (28, 28), NetworkParams(mode="fast", effect=False, stability_runs=4))
+    assert fast.stability == 1.0
+
+
+def test_stability_parameters_are_checked():
+    from featurelens.errors import FeaturelensError
+
+    with pytest.raises(FeaturelensError, match="stability_runs"):
+        NetworkParams(stability_runs=-1)
+    with pytest.raises(FeaturelensError, match="stability_eps"):
+        NetworkParams(stability_eps=0.0)

@@ -164,6 +164,30 @@ def cluster_map(maps: Tensor, weights: Tensor) -> Tensor:
     return torch.einsum("k,khw->hw", w, maps) / total
 
 
+def map_agreement(ref_maps: Tensor, ref_weights: Tensor, other_maps: Tensor) -> float:
+    """How well one set of cluster maps is reproduced by another:
+    ``Σ_C w_C · max_{C'} ρ(M_C, M'_{C'}) / Σ_C w_C`` with ``ρ`` the Pearson correlation of the flattened
+    maps, ``C`` over the reference's clusters ``ref_maps`` ``[n, ...]`` (weights ``w_C``) and ``C'`` over
+    ``other_maps`` ``[m, ...]``. 1 when every reference map has an exact (up to affine scaling)
+    counterpart; a constant map correlates 0 with everything. ``nan`` if either side is empty or
+    ``Σ w_C = 0``."""
+    if ref_maps.shape[0] == 0 or other_maps.shape[0] == 0:
+        return math.nan
+    w = ref_weights.to(torch.float64)
+    total = float(w.sum())
+    if total <= 0:
+        return math.nan
+
+    def unit(m: Tensor) -> Tensor:
+        m = m.flatten(1).to(torch.float64)
+        m = m - m.mean(1, keepdim=True)
+        norm = torch.linalg.vector_norm(m, dim=1, keepdim=True)
+        return torch.where(norm > 0, m / norm.clamp_min(1e-300), torch.zeros_like(m))
+
+    rho = unit(ref_maps) @ unit(other_maps).T  # [n, m]
+    return float((w * rho.max(1).values).sum() / total)
+
+
 def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     """Separable Gaussian blur of ``[B, H, W]`` maps (kernel radius ``ceil(3σ)``, replicate padding)."""
     if sigma <= 0:
