@@ -14,7 +14,7 @@ def test_cli_network_fast_on_real_photos_then_validate_and_view(photo_dir, tmp_p
     out = tmp_path / "bundle"
     images = [str(photo_dir / "chelsea.png"), str(photo_dir / "coffee.jpg")]
     code = main(["network", *images, "--layers", "head", "--fast", "--out", str(out),
-                 "--viewer", "--quiet"])
+                 "--stability", "2", "--viewer", "--quiet"])
     assert code == 0
     text = capsys.readouterr().out
     assert "2 images x 1 layers" in text and "index.html" in text
@@ -23,9 +23,12 @@ def test_cli_network_fast_on_real_photos_then_validate_and_view(photo_dir, tmp_p
     assert [im["id"] for im in data["images"]] == ["chelsea", "coffee"]
     assert data["images"][0]["predicted_class"]  # a real ImageNet class name
     assert all(im["clusters"] for im in data["images"])
+    assert data["params"]["stability_runs"] == 2
+    for im in data["images"]:  # the fast mode does not move under float-sized noise
+        assert [(s["name"], s["stability"]) for s in im["layer_stats"]] == [("head.conv", 1.0)]
     assert main(["bundle", "validate", str(out)]) == 0
     assert main(["bundle", "view", str(out)]) == 0
-    assert (out / "index.html").is_file()
+    assert "stability ARI" in (out / "index.html").read_text()
     # never overwrite an existing bundle
     assert main(["network", *images, "--layers", "head", "--fast", "--out", str(out), "--quiet"]) == 2
     assert "already holds a bundle" in capsys.readouterr().err
@@ -37,6 +40,13 @@ def test_cli_bad_layer_name_is_listed(photo_dir, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no layer named 'blocks.15.projekt'" in err and "blocks.15.project.conv" in err
+
+
+def test_cli_negative_stability_runs_is_a_usage_error(photo_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["network", str(photo_dir / "chelsea.png"), "--stability", "-1", "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2
+    assert "--stability: must be at least 0, got -1" in capsys.readouterr().err
 
 
 def test_cli_empty_image_list_and_bad_image(tmp_path, capsys):

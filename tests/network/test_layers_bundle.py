@@ -139,6 +139,9 @@ def test_validator_reports_unknown_versions_and_bad_fields(tmp_path):
     data["images"][0]["clusters"][0]["weight"] = -1
     data["images"][0]["layer_stats"] = "x"
     errs = validate_dict(data, check_files=False)
+    data["images"][0]["layer_stats"] = [{"name": "l", "stability": 1.0, "map_stability": 3.0}]
+    assert validate_dict(data, check_files=False)[-1].endswith("layer_stats[0].map_stability: must be a number "
+                                                               "in [-1, 1] or absent")
     assert any("'nope' is not among" in e for e in errs)
     assert any("weight" in e for e in errs) and any("layer_stats" in e for e in errs)
     # missing files are reported when the folder is checked

@@ -29,15 +29,24 @@ T = TypeVar("T")
 FEW_IMAGES = 3
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1, with a one-line error otherwise."""
+def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, with a one-line error otherwise."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0, with a one-line error otherwise."""
+    return _int_at_least(text, 0)
 
 
 def echo(message: str) -> None:

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from featurelens.cli.common import non_negative_int
 from featurelens.errors import FeaturelensError
 
 
@@ -47,7 +48,7 @@ def run_network(args: argparse.Namespace) -> int:
     spec = load_model(args.model, trust=args.trust)
     layers = select_layers(spec.model, spec.sample_input(), args.layers)
     params = NetworkParams(mode="fast" if args.fast else args.mode, effect=not args.no_effect,
-                           workers=args.workers, seed=args.seed)
+                           workers=args.workers, seed=args.seed, stability_runs=args.stability)
     bar = tqdm(total=len(paths) * len(layers), unit="layer", desc="network", disable=args.quiet, file=sys.stderr)
     try:
         bundle = build_bundle(spec, paths, out, layers=layers, params=params, labels=labels,
@@ -104,6 +105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="layers clustered in parallel (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward/backward pass")
     p.add_argument("--seed", type=int, default=0, help="seed (only the sklearn mode draws random numbers)")
+    p.add_argument("--stability", type=non_negative_int, default=0, metavar="N",
+                   help="re-cluster every layer N times under float-noise-sized perturbations and record how "
+                   "much the clusters move (ARI and map agreement in layer_stats); costs N extra clusterings")
     p.add_argument("--viewer", action="store_true", help="also write the static HTML viewer (index.html)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_network)

@@ -30,7 +30,9 @@ Layout (schema ``featurelens.network-bundle``, version 1)::
           }, ...],
           "layer_stats": [{                # optional (added in 0.1, still version 1)
               "name": str, "kept_channels": int, "k": int,
-              "silhouette": float | null, "clusters": int
+              "silhouette": float | null, "clusters": int,
+              "stability": float,          # optional: mean ARI of re-clusterings under float-sized noise
+              "map_stability": float       # optional: mean weighted best-match correlation of their maps
           }, ...]
       }, ...]
     }
@@ -276,6 +278,12 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
         stats = im.get("layer_stats") if isinstance(im, dict) else None
         if stats is not None and not (isinstance(stats, list) and all(isinstance(st, dict) for st in stats)):
             errors.append(f"{where}.layer_stats: expected a list of objects")
+        elif stats:
+            for j, st in enumerate(stats):
+                for key in ("stability", "map_stability"):
+                    v = st.get(key)
+                    if v is not None and not (isinstance(v, (int, float)) and -1.0 <= v <= 1.0):
+                        errors.append(f"{where}.layer_stats[{j}].{key}: must be a number in [-1, 1] or absent")
         if root is not None and check_files:
             for rel in files:
                 if rel is not None and not (root / rel).is_file():
