@@ -6,8 +6,8 @@ EfficientNet-Lite0 on offline photos (default: 4 photos × the 25 default layers
 mode's float32 clustering ``R`` as the reference:
 
 * ``perturbed``  – the faithful mode re-run ``--runs`` times on the same kept maps multiplied by
-  ``1 + eps·N(0, 1)`` (``eps`` = 1e-6 by default: a few float32 ulps, the size of a different BLAS
-  or thread count). ARI(perturbed_m, R), averaged over m: the faithful mode's agreement with itself.
+  ``1 + eps·N(0, 1)`` (``eps`` = 1e-6 by default, about 8 float32 ulps), exactly as
+  ``featurelens network --stability N`` does (:func:`featurelens.network.pipeline.perturbed_labels`). ARI(perturbed_m, R), averaged over m: the faithful mode's agreement with itself.
 * ``float64``    – the faithful mode with the t-SNE descent in float64 (same input).
 * ``consensus``  – an ORACLE that is allowed to run the faithful t-SNE ``--runs`` times on perturbed
   inputs and return their consensus: average linkage on the co-association distance
@@ -90,7 +90,7 @@ def main() -> None:
     from featurelens.models import load_model
     from featurelens.network import clustering as C
     from featurelens.network.layers import select_layers
-    from featurelens.network.pipeline import NetworkParams, embed, kept_cluster_maps
+    from featurelens.network.pipeline import NetworkParams, embed, kept_cluster_maps, perturbed_labels
     from featurelens.network.tsne import tsne
     from featurelens.targets import Predicted
 
@@ -119,6 +119,9 @@ def main() -> None:
 
     faithful = NetworkParams(mode="faithful")
 
+    def noisy(mode: str) -> NetworkParams:  # the library's own stability re-runs (--stability)
+        return NetworkParams(mode=mode, stability_runs=runs, stability_eps=args.eps)
+
     def cluster(points: torch.Tensor) -> np.ndarray:
         return C.best_ward(points).labels
 
@@ -126,19 +129,10 @@ def main() -> None:
         torch.set_num_threads(1)
         with threadpool_limits(1):
             ref = cluster(embed(layer.feats, faithful))
-            gen = torch.Generator().manual_seed(1000 + len(layer.weights))
-            perturbed = []
-            for _ in range(runs):
-                noise = torch.randn(layer.feats.shape, generator=gen, dtype=torch.float32)
-                perturbed.append(cluster(embed(layer.feats * (1.0 + args.eps * noise), faithful)))
+            perturbed = perturbed_labels(layer.feats, noisy("faithful"))
             f64 = cluster(tsne(C.pca(layer.feats, 50), dtype=torch.float64))
             fast = cluster(embed(layer.feats, NetworkParams(mode="fast")))
-            gen = torch.Generator().manual_seed(1000 + len(layer.weights))
-            fast_perturbed = []
-            for _ in range(runs):
-                noise = torch.randn(layer.feats.shape, generator=gen, dtype=torch.float32)
-                fast_perturbed.append(cluster(embed(layer.feats * (1.0 + args.eps * noise),
-                                                    NetworkParams(mode="fast"))))
+            fast_perturbed = perturbed_labels(layer.feats, noisy("fast"))
             pca = cluster(embed(layer.feats, NetworkParams(mode="pca")))
         k_ref = int(ref.max()) + 1
         cons = consensus_labels(perturbed, k_ref)

@@ -229,6 +229,19 @@ def kept_cluster_maps(
     return out
 
 
+def perturbed_labels(features: Tensor, params: NetworkParams) -> list[np.ndarray]:
+    """Step 3 re-run ``params.stability_runs`` times on ``A ⊙ (1 + ε·Z)``: the cluster labels of the
+    rows of ``features`` ``[N, D]`` under noise ``Z ~ N(0, 1)`` drawn from a generator seeded by
+    ``params.seed`` and the run index, ``ε = params.stability_eps`` (default 1e-6, about 8 float32 ulps)."""
+    out = []
+    for r in range(params.stability_runs):
+        gen = torch.Generator().manual_seed(params.seed * 1_000_003 + r + 1)
+        noise = torch.randn(features.shape, generator=gen, dtype=torch.float32).to(features.device, features.dtype)
+        points = embed(features * (1.0 + params.stability_eps * noise), params)
+        out.append(C.best_ward(points, params.k_min, params.k_max).labels)
+    return out
+
+
 def clustering_stability(
     maps: Tensor,
     weights: Tensor,
@@ -238,25 +251,19 @@ def clustering_stability(
 ) -> tuple[float, float]:
     """How much a layer's clustering moves under a perturbation the size of floating-point noise.
 
-    The kept maps ``maps`` ``[N, h, w]`` are re-clustered (step 3, same mode) ``stability_runs`` times
-    as ``A ⊙ (1 + ε·Z)``, ``Z ~ N(0, 1)`` from a generator seeded by ``params.seed`` and the run
-    index (``ε = stability_eps``, default 1e-6, a few float32 ulps). Returns the mean adjusted Rand index
-    between ``labels`` and the re-clusterings, and the mean :func:`~featurelens.network.clustering.map_agreement`
-    between the kept cluster maps ``found`` and those of the re-clustering (built from the UNperturbed
-    maps, so only the memberships differ). ARI 1 means the grouping is a property of the data; well
-    below 1 means the boundaries are one plausible grouping among several.
+    The kept maps ``maps`` ``[N, h, w]`` are re-clustered by :func:`perturbed_labels` (same mode).
+    Returns the mean adjusted Rand index between ``labels`` and the re-clusterings, and the mean
+    :func:`~featurelens.network.clustering.map_agreement` between the kept cluster maps ``found`` and
+    those of each re-clustering (built from the UNperturbed maps, so only the memberships differ).
+    ARI 1 means noise of that size does not move the grouping; well below 1 means the boundaries are
+    one plausible grouping among several.
     """
     from sklearn.metrics import adjusted_rand_score
 
-    flat = maps.flatten(1)
     ref_maps = torch.stack([f for _, _, f in found]) if found else maps[:0]
     ref_w = torch.tensor([w for _, w, _ in found], dtype=torch.float64)
     aris, agreements = [], []
-    for r in range(params.stability_runs):
-        gen = torch.Generator().manual_seed(params.seed * 1_000_003 + r + 1)
-        noise = torch.randn(flat.shape, generator=gen, dtype=torch.float32).to(flat.device, flat.dtype)
-        relabel = C.best_ward(embed(flat * (1.0 + params.stability_eps * noise), params),
-                              params.k_min, params.k_max).labels
+    for relabel in perturbed_labels(maps.flatten(1), params):
         aris.append(float(adjusted_rand_score(labels, relabel)))
         other = kept_cluster_maps(maps, weights, relabel, params)
         other_maps = torch.stack([f for _, _, f in other]) if other else maps[:0]
