@@ -11,9 +11,10 @@ Embedding modes (step 3):
   :mod:`featurelens.network.tsne`), layers in parallel threads. Deterministic.
 * ``"fast"`` – no t-SNE descent: a 2-D Laplacian eigenmap of the same t-SNE affinities ``P``
   (:func:`featurelens.network.tsne.spectral_embedding`; early-exaggerated t-SNE is spectral
-  clustering on ``P`` in disguise). About 8× faster than the faithful mode; its agreement with the
-  faithful mode is measured by ``benchmarks/bench_network.py`` against the faithful mode's own
-  numerical-noise ceiling (float32 vs float64 t-SNE).
+  clustering on ``P`` in disguise). About 8× faster than the faithful mode, and unmoved by
+  float-sized noise; its agreement with the faithful mode is measured by
+  ``benchmarks/bench_network.py``, and against the faithful mode's own agreement under such noise by
+  ``benchmarks/bench_network_stability.py`` (see also ``NetworkParams.stability_runs``).
 * ``"sklearn"`` – scikit-learn's ``TSNE(init="pca")`` (Barnes–Hut), the paper pipeline as published;
   kept as the benchmark baseline.
 * ``"pca"`` – Ward directly on the PCA space (no embedding), for comparison.
