@@ -65,3 +65,17 @@ def tiny_cnn():
 def tiny_input():
     torch.manual_seed(1)
     return torch.randn(3, 3, 10, 12)
+
+
+# ---------------------------------------------------------------------------
+# Playwright (browser tests of the game and of the bundle viewer): Debian's Chromium,
+# never `playwright install`
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {
+        **browser_type_launch_args,
+        "executable_path": "/usr/bin/chromium",
+        "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"],
+    }

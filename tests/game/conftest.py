@@ -150,17 +150,3 @@ def live_server(sqlite_url, tmp_path):
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(proc)
-
-
-# ---------------------------------------------------------------------------
-# Playwright: Debian's Chromium (never `playwright install`)
-# ---------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    return {
-        **browser_type_launch_args,
-        "executable_path": "/usr/bin/chromium",
-        "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-quic", "--no-first-run"],
-    }
-
