@@ -28,6 +28,7 @@ import random
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,7 +50,7 @@ class PlayerProfile:
     give_up_rate: float = 0.0
     think_time: float = 0.0
     fetch_images: bool = True
-    seed: int | None = None
+    seed: int | None = None  # None: derived from the name, the same in every process
 
 
 @dataclass
@@ -115,7 +116,8 @@ class _Player:
         self.c, self.p, self.truth, self.campaign = client, profile, truth, campaign
         self.oracle = {"X-Admin-Token": admin_token} if admin_token else {}
         self.deadline, self.res = deadline, result
-        self.rng = random.Random(profile.seed if profile.seed is not None else hash(profile.name))
+        # not hash(name): str hashes are salted per process, so runs would not repeat
+        self.rng = random.Random(profile.seed if profile.seed is not None else zlib.crc32(profile.name.encode()))
         self.csrf = ""
 
     # one HTTP call with retries; returns the response for any status < 500 (except 429: wait and retry)
