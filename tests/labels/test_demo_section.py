@@ -26,3 +26,24 @@ def test_labels_demo_section_quick(tmp_path, lite0, sbert):
     for f in s.files:
         assert (tmp_path / f).is_file(), f
     assert "data:image/png;base64," in s.html
+
+
+def test_planted_labeller_does_not_depend_on_the_order_maps_are_served():
+    from featurelens.labels.demo import planted_labeller
+
+    ways = {0: ["saucer", "sauser", "plate", "dish"], 1: ["handle", "grip"], 2: None}
+
+    def concepts(image_id, layer, index):
+        return ways[index]
+
+    rounds = [{"image_id": f"im{i}", "layer": "head", "cluster_index": k} for i in range(4) for k in range(3)]
+    forward = planted_labeller(concepts, seed=7)
+    backward = planted_labeller(concepts, seed=7)  # the game breaks ties at random: any order can happen
+    a = {(r["image_id"], r["cluster_index"]): forward(r) for r in rounds}
+    b = {(r["image_id"], r["cluster_index"]): backward(r) for r in reversed(rounds)}
+    assert a == b
+    assert all(1 <= len(v) <= 2 for v in a.values())
+    assert all(set(v) <= {"saucer", "sauser", "plate", "dish"} for k, v in a.items() if k[1] == 0)
+    # another player (seed) writes differently somewhere
+    other = planted_labeller(concepts, seed=8)
+    assert any(other(r) != a[(r["image_id"], r["cluster_index"])] for r in rounds)

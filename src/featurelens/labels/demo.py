@@ -88,11 +88,13 @@ def planted_labeller(
     concepts: ConceptFn, seed: int, max_labels: int = 2
 ) -> Callable[[dict[str, Any]], list[str]]:
     """A simulated player's label function: 1..max_labels different ways of writing the cluster's concept
-    (noise words for clusters without one)."""
-    rng = random.Random(seed)
+    (noise words for clusters without one). The choice depends only on ``seed`` and the map, not on
+    the order in which the game serves maps (it breaks ties at random), so a campaign in which every
+    player sees every map always yields the same labels."""
     noise = [w for w in NOISE if w.strip()]
 
     def labels(rnd: dict[str, Any]) -> list[str]:
+        rng = random.Random(f"{seed}/{rnd['image_id']}/{rnd['layer']}/{rnd['cluster_index']}")
         ways = concepts(rnd["image_id"], rnd["layer"], int(rnd["cluster_index"]))
         pool = [w for w in (ways or noise) if w.strip()]
         chosen: list[str] = []
