@@ -380,10 +380,34 @@ def test_migrations_match_the_models(db_url):
     migrate(engine)  # idempotent
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0001"
+        assert ctx.get_current_revision() == "0002"
         diffs = [d for d in compare_metadata(ctx, Base.metadata) if d[0] not in ("remove_table",)]
     engine.dispose()
     assert diffs == []
+
+
+def test_a_version_0001_database_upgrades_in_place(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from featurelens.game.db import MIGRATIONS, make_engine, migrate
+
+    engine = make_engine(str(tmp_path / "old.sqlite3"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:  # a database as the first release left it
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO players (username, username_key, password_hash, created_at) "
+                          "VALUES ('Ann', 'ann', 'x', '2026-11-22 00:00:00')"))
+        conn.commit()
+    migrate(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT username FROM players")).scalars().all() == ["Ann"]
+        assert conn.execute(text("SELECT count(*) FROM login_failures")).scalar() == 0
+    engine.dispose()
 
 
 def test_sqlite_is_in_wal_mode(sqlite_url, make_app):

@@ -178,3 +178,36 @@ def test_sql_injection_shaped_input_is_stored_verbatim(app):
     assert len(board) == len(SQLI)
     r = TestClient(app).get("/api/admin/campaigns/' OR 1=1 --/progress", headers=admin_headers())
     assert r.status_code == 404
+
+
+def test_failed_logins_are_throttled_per_name_across_workers(make_app, db_url):
+    import time
+
+    # two apps on one database stand for two worker processes of `game serve --workers 2`
+    worker_a = make_app(db_url, login_limit=(3, 300.0))
+    worker_b = make_app(db_url, login_limit=(3, 300.0), run_migrations=False)
+    victim = ApiPlayer(worker_a)
+    assert victim.signup().status_code == 201
+    attempts = [ApiPlayer(w, name=n, password="guessed wrong")
+                for w, n in ((worker_a, victim.name), (worker_b, victim.name.upper()), (worker_a, victim.name))]
+    assert [a.login().status_code for a in attempts] == [401, 401, 401]
+    # the fourth try is refused on the OTHER worker, even with the right password, and says when to retry
+    right = ApiPlayer(worker_b, name=victim.name, password=victim.password)
+    r = right.login()
+    assert r.status_code == 429 and "too many failed log-ins" in r.json()["detail"]
+    assert 1 <= int(r.headers["retry-after"]) <= 300
+    # the HTML form is throttled too
+    c = TestClient(worker_a)
+    page = c.get("/login").text
+    csrf = page.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    r = c.post("/login", data={"username": victim.name, "password": victim.password, "csrf_token": csrf})
+    assert r.status_code == 429 and "too many failed log-ins" in r.text
+    # other names are not affected
+    other = ApiPlayer(worker_b)
+    assert other.signup().status_code == 201 and other.login().status_code == 200
+    # failures leave the window: a short window lets the right password in again
+    quick = make_app(db_url, login_limit=(1, 0.5), run_migrations=False)
+    assert ApiPlayer(quick, name=other.name, password="nope nope nope").login().status_code == 401
+    assert ApiPlayer(quick, name=other.name, password=other.password).login().status_code == 429
+    time.sleep(0.6)
+    assert ApiPlayer(quick, name=other.name, password=other.password).login().status_code == 200

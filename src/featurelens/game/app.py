@@ -20,10 +20,7 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-import threading
-import time
 import uuid
-from collections import defaultdict, deque
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,26 +48,6 @@ def _status(exc: FeaturelensError) -> int:
         if isinstance(exc, cls):
             return code
     return 400
-
-
-class _LoginThrottle:
-    """At most ``limit`` failed log-ins per user name in ``window`` seconds (per process)."""
-
-    def __init__(self, limit: int = 10, window: float = 300.0) -> None:
-        self.limit, self.window = limit, window
-        self._fails: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def blocked(self, name: str) -> bool:
-        with self._lock:
-            q = self._fails[name.casefold()]
-            while q and q[0] < time.monotonic() - self.window:
-                q.popleft()
-            return len(q) >= self.limit
-
-    def fail(self, name: str) -> None:
-        with self._lock:
-            self._fails[name.casefold()].append(time.monotonic())
 
 
 class Credentials(BaseModel):
@@ -104,6 +81,7 @@ def create_app(
     admin_token: str | None,
     matcher: LabelMatcher | None = None,
     rate_limit: tuple[int, float] | None = (30, 60.0),
+    login_limit: tuple[int, float] = (10, 300.0),
     gold_rate: float = 0.1,
     secure_cookies: bool | None = None,
     hasher: store.PasswordHasher | None = None,
@@ -113,6 +91,8 @@ def create_app(
     """Build the game app on ``database_url`` (SQLite file URL/path or PostgreSQL URL).
 
     ``rate_limit=(n, seconds)``: at most ``n`` answers per player per window (``None`` disables it).
+    ``login_limit=(n, seconds)``: at most ``n`` failed log-ins per user name per window, counted in the
+    database (so it holds across worker processes); further attempts get HTTP 429 without a password check.
     ``secure_cookies``: force the ``Secure`` cookie flag (default: when the request came over HTTPS).
     """
     engine = make_engine(database_url, pool_size=pool_size)
@@ -121,7 +101,6 @@ def create_app(
     db = Database(engine)
     matcher = matcher or LemmaMatcher()
     hasher = hasher or store.PasswordHasher()
-    throttle = _LoginThrottle()
     admin_token = admin_token or None
 
     app = FastAPI(title="featurelens Deep Reveal", docs_url=None, redoc_url=None, openapi_url=None)
@@ -272,12 +251,12 @@ def create_app(
     def login_form(request: Request, username: str = Form(""), password: str = Form(""),
                    csrf_token: str = Form("")) -> Response:
         check_csrf(request, csrf_token)
-        if throttle.blocked(username):
+        if store.login_retry_after(db, username, login_limit) is not None:
             return page(request, "login.html", status_code=429, username=username,
                         error="too many failed log-ins for this name; wait a few minutes")
         pid = store.authenticate(db, hasher, username, password)
         if pid is None:
-            throttle.fail(username)
+            store.record_login_failure(db, username, login_limit[1])
             return page(request, "login.html", status_code=401, error="wrong user name or password",
                         username=username)
         resp = RedirectResponse("/play", status_code=303)
@@ -386,11 +365,12 @@ def create_app(
     @app.post("/api/login")
     def api_login(request: Request, body: Credentials) -> Response:
         check_csrf(request, None)
-        if throttle.blocked(body.username):
-            raise store.RateLimited("too many failed log-ins for this name; wait a few minutes", 60)
+        retry = store.login_retry_after(db, body.username, login_limit)
+        if retry is not None:
+            raise store.RateLimited("too many failed log-ins for this name; wait a few minutes", retry)
         pid = store.authenticate(db, hasher, body.username, body.password)
         if pid is None:
-            throttle.fail(body.username)
+            store.record_login_failure(db, body.username, login_limit[1])
             return JSONResponse({"detail": "wrong user name or password"}, status_code=401)
         sess = store.open_session(db, pid)
         resp = JSONResponse({"player": sess.username, "csrf_token": sess.csrf_token})

@@ -14,6 +14,7 @@ Tables
 ``rounds``           a player's round on one map; ``UNIQUE(player_id, cluster_pk)`` = never the same map twice
 ``labels``           label texts of a finished round, with their normalised form and agreement points
 ``settings``         key/value pairs (reserved for server-wide configuration)
+``login_failures``   failed log-ins per casefolded user name: the log-in throttle, shared by all workers
 """
 
 from __future__ import annotations
@@ -155,3 +156,11 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class LoginFailure(Base):
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_key_at", "username_key", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username_key: Mapped[str] = mapped_column(String(200))  # casefolded name as typed (may not exist)
+    at: Mapped[dt.datetime] = mapped_column(DateTime)

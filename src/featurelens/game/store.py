@@ -47,6 +47,7 @@ from featurelens.game.models import (
     ClusterAsset,
     Image,
     Label,
+    LoginFailure,
     Player,
     Round,
     Session,
@@ -334,6 +335,39 @@ def authenticate(db: Database, hasher: PasswordHasher, username: str, password: 
         ).first()
     ok = hasher.verify(row.password_hash if row else None, password)
     return row.id if (ok and row) else None
+
+
+def _login_key(username: str) -> str:
+    return _clean(username).casefold()[:200]
+
+
+def login_retry_after(db: Database, username: str, limit: tuple[int, float]) -> float | None:
+    """Seconds until ``username`` may try again if it had ``limit[0]`` failed log-ins in the last
+    ``limit[1]`` seconds, else ``None``. Counted in the database, so all worker processes agree."""
+    count, window = limit
+    since = utcnow() - dt.timedelta(seconds=window)
+    with db.read() as s:
+        times = s.scalars(
+            select(LoginFailure.at).where(LoginFailure.username_key == _login_key(username), LoginFailure.at >= since)
+            .order_by(LoginFailure.at)
+        ).all()
+    if len(times) < count:
+        return None
+    oldest = times[len(times) - count]
+    return max(1.0, window - (utcnow() - oldest).total_seconds())
+
+
+def record_login_failure(db: Database, username: str, window: float) -> None:
+    """Store one failed log-in for ``username``; its failures older than ``window`` seconds are pruned."""
+    key = _login_key(username)
+
+    def _w(s: OrmSession) -> None:
+        now = utcnow()
+        s.execute(delete(LoginFailure).where(LoginFailure.username_key == key,
+                                             LoginFailure.at < now - dt.timedelta(seconds=window)))
+        s.add(LoginFailure(username_key=key, at=now))
+
+    db.write(_w)
 
 
 def open_session(db: Database, player_id: int) -> PlayerSession:
