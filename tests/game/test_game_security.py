@@ -211,3 +211,19 @@ def test_failed_logins_are_throttled_per_name_across_workers(make_app, db_url):
     assert ApiPlayer(quick, name=other.name, password=other.password).login().status_code == 429
     time.sleep(0.6)
     assert ApiPlayer(quick, name=other.name, password=other.password).login().status_code == 200
+
+
+def test_old_login_failures_of_any_name_are_pruned(make_app, sqlite_url):
+    import time
+
+    from sqlalchemy import func, select
+
+    from featurelens.game.models import LoginFailure
+
+    app = make_app(sqlite_url, login_limit=(5, 0.3))
+    for i in range(4):
+        assert ApiPlayer(app, name=f"nobody{i}", password="whatever pw").login().status_code == 401
+    time.sleep(0.4)
+    assert ApiPlayer(app, name="someone-else", password="whatever pw").login().status_code == 401
+    with app.state.db.read() as s:
+        assert s.scalar(select(func.count()).select_from(LoginFailure)) == 1  # only the fresh failure

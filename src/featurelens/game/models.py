@@ -160,7 +160,10 @@ class Setting(Base):
 
 class LoginFailure(Base):
     __tablename__ = "login_failures"
-    __table_args__ = (Index("ix_login_failures_key_at", "username_key", "at"),)
+    __table_args__ = (
+        Index("ix_login_failures_key_at", "username_key", "at"),
+        Index("ix_login_failures_at", "at"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username_key: Mapped[str] = mapped_column(String(200))  # casefolded name as typed (may not exist)
     at: Mapped[dt.datetime] = mapped_column(DateTime)

@@ -358,13 +358,13 @@ def login_retry_after(db: Database, username: str, limit: tuple[int, float]) -> 
 
 
 def record_login_failure(db: Database, username: str, window: float) -> None:
-    """Store one failed log-in for ``username``; its failures older than ``window`` seconds are pruned."""
+    """Store one failed log-in for ``username``. Failures older than ``window`` seconds (of any name)
+    are pruned, so guessing many names cannot grow the table beyond one window of failures."""
     key = _login_key(username)
 
     def _w(s: OrmSession) -> None:
         now = utcnow()
-        s.execute(delete(LoginFailure).where(LoginFailure.username_key == key,
-                                             LoginFailure.at < now - dt.timedelta(seconds=window)))
+        s.execute(delete(LoginFailure).where(LoginFailure.at < now - dt.timedelta(seconds=window)))
         s.add(LoginFailure(username_key=key, at=now))
 
     db.write(_w)

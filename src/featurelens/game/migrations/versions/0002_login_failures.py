@@ -24,8 +24,10 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime, nullable=False),
     )
     op.create_index("ix_login_failures_key_at", "login_failures", ["username_key", "at"])
+    op.create_index("ix_login_failures_at", "login_failures", ["at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_login_failures_at", table_name="login_failures")
     op.drop_index("ix_login_failures_key_at", table_name="login_failures")
     op.drop_table("login_failures")
