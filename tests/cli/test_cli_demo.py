@@ -95,3 +95,7 @@ def test_quick_demo_writes_a_readable_report(cli, tmp_path):
     for f in cam["files"]:
         assert (out / f).is_file(), f
     assert "cam/comparison_grid.png" in cam["files"]
+    net = next(s for s in summary["sections"] if s["entry"] == "featurelens.network.demo:section")
+    assert net["status"] == "ok" and net["summary"]["layers"] == 4
+    assert -1.0 <= net["summary"]["median_stability_ari"] <= 1.0
+    assert "How firm are the cluster boundaries?" in html
