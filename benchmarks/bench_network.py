@@ -8,7 +8,8 @@ then, for every (image, layer), the kept channels are clustered by:
 * ``fast``     – Laplacian eigenmap of the same t-SNE affinities → Ward (no t-SNE descent);
 * ``pca``      – naive PCA → Ward (the issue's 0.38 reference);
 * ``faithful64`` – the faithful mode in float64: how much the faithful clustering moves under a pure
-  change of floating-point precision (the agreement ceiling any other method can hope for).
+  change of floating-point precision (``bench_network_stability.py`` measures this noise level and an
+  oracle ceiling for any other method in detail).
 
 All clustering runs single-threaded and sequentially, so times are comparable within the run; every
 time is reported as a RATIO to the paper pipeline measured in the same run. The adjusted Rand index
