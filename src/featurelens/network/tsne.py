@@ -12,7 +12,8 @@ torch and follows scikit-learn's exact method step by step (van der Maaten & Hin
 * gradient ``∂KL/∂y_i = 4 Σ_j (p_ij − q_ij)(1 + ‖y_i − y_j‖²)^{-1} (y_i − y_j)``;
 * initialisation: the first two principal components scaled so that the first has std ``1e-4``;
 * gradient descent with momentum 0.5 during ``exaggeration_iter`` iterations of early
-  exaggeration (``P × 12``), then momentum 0.8; per-parameter gains (+0.2 / ×0.8, min 0.01);
+  exaggeration (``P × 12``), then momentum 0.8; per-parameter gains (+0.2 / ×0.8, min 0.01;
+  ``gain_increase`` / ``gain_decrease`` / ``min_gain``);
   learning rate ``max(N / exaggeration / 4, 50)`` ("auto"); stop after ``max_iter`` iterations,
   when the gradient norm falls below ``min_grad_norm``, or when the KL divergence (checked every
   50 iterations) has not improved for ``n_iter_without_progress`` iterations.
@@ -46,6 +47,10 @@ class TSNEParams:
     momentum_early: float = 0.5
     momentum_late: float = 0.8
     min_gain: float = 0.01
+    # delta-bar-delta step sizes: a coordinate's gain grows by gain_increase when its update and
+    # gradient disagree in sign, else shrinks by the factor gain_decrease (0 and 1: plain momentum descent)
+    gain_increase: float = 0.2
+    gain_decrease: float = 0.8
 
 
 def squared_distances(x: Tensor) -> Tensor:
@@ -184,7 +189,8 @@ def tsne(
                 q = (num / z).clamp_min_(MACHINE_EPSILON)
                 error = float((pp * torch.log(pp.clamp_min(MACHINE_EPSILON) / q)).sum())
             inc = (update * grad) < 0.0
-            gains = torch.where(inc, gains + 0.2, gains * 0.8).clamp_min_(params.min_gain)
+            gains = torch.where(inc, gains + params.gain_increase, gains * params.gain_decrease)
+            gains = gains.clamp_min_(params.min_gain)
             grad = grad * gains
             update = momentum * update - lr * grad
             y = y + update
