@@ -18,6 +18,7 @@ def test_cli_network_fast_on_real_photos_then_validate_and_view(photo_dir, tmp_p
     assert code == 0
     text = capsys.readouterr().out
     assert "2 images x 1 layers" in text and "index.html" in text
+    assert "median ARI 1.00 over 2 layers; 0 below 0.8" in text
     data = json.loads((out / "bundle.json").read_text())
     assert data["params"]["mode"] == "fast"
     assert [im["id"] for im in data["images"]] == ["chelsea", "coffee"]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def run_network(args: argparse.Namespace) -> int:
     n_clusters = sum(len(im.clusters) for im in bundle.images)
     print(f"wrote {out} ({len(bundle.images)} images x {len(bundle.layers)} layers, {n_clusters} clusters, "
           f"mode {params.mode})")
+    stab = [st["stability"] for im in bundle.images for st in im.layer_stats if "stability" in st]
+    if stab:
+        low = sum(v < 0.8 for v in stab)
+        print(f"stability ({params.stability_runs} noisy re-clustering(s) per layer): median ARI "
+              f"{statistics.median(stab):.2f} over {len(stab)} layers; {low} below 0.8 (see layer_stats)")
     if args.viewer:
         print(f"viewer: {write_viewer(out)}")
     return 0
