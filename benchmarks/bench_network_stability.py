@@ -17,7 +17,11 @@ mode's float32 clustering ``R`` as the reference:
 * ``fast``       – the shipped fast mode (Laplacian eigenmap of P → Ward; also re-run under the same
   perturbations: its own stability), and ``pca`` (naive PCA → Ward);
 * variants: the fast mode cut at the reference's own k, a 4-D eigenmap, and the faithful t-SNE
-  stopped at 500 iterations (not t-SNE-free; it shares R's first 500 float32 steps).
+  stopped at 500 iterations (not t-SNE-free; it shares R's first 500 float32 steps) or run for 3000
+  (has R converged?);
+* ``plain``      – is the chaos caused by scikit-learn's delta-bar-delta gains? The same descent with
+  the gains switched off (``TSNEParams(gain_increase=0, gain_decrease=1)``), against itself under the
+  same noise (``min(runs, 3)`` runs).
 
 Per layer it also compares the kept cluster MAPS, since those (not the memberships) are what the
 bundle, the game and the labels use: for each kept cluster of R, the best Pearson correlation with a
@@ -141,6 +145,12 @@ def main() -> None:
             fast_at_k = C.ward_labels(embed(layer.feats, NetworkParams(mode="fast")), [k_ref])[k_ref]
             spectral4 = cluster(embed(layer.feats, NetworkParams(mode="fast", spectral_dims=4)))
             tsne500 = cluster(embed(layer.feats, NetworkParams(tsne=TSNEParams(max_iter=500))))
+            tsne3000 = cluster(embed(layer.feats, NetworkParams(tsne=TSNEParams(max_iter=3000))))
+            # is the chaos scikit-learn's delta-bar-delta gains? the same descent without them
+            plain = NetworkParams(tsne=TSNEParams(gain_increase=0.0, gain_decrease=1.0),
+                                  stability_runs=min(runs, 3), stability_eps=args.eps)
+            plain_ref = cluster(embed(layer.feats, plain))
+            plain_self = [adjusted_rand_score(plain_ref, p) for p in perturbed_labels(layer.feats, plain)]
         cons = consensus_labels(perturbed, k_ref)
         maps3 = layer.feats[:, None, :]  # [N, 1, h*w]: cluster maps need a spatial axis, not a shape
 
@@ -160,12 +170,14 @@ def main() -> None:
             "perturbed": (float(np.mean([p[0] for p in pert])), float(np.nanmean([p[1] for p in pert]))),
         }
         for key, labels in (("float64", f64), ("consensus", cons), ("fast", fast), ("pca", pca),
-                            ("fast_at_k", fast_at_k), ("spectral4", spectral4), ("tsne500", tsne500)):
+                            ("fast_at_k", fast_at_k), ("spectral4", spectral4), ("tsne500", tsne500),
+                            ("tsne3000", tsne3000)):
             row[key] = agree(labels)
         # the fast mode against the perturbed faithful runs: does it track the faithful distribution?
         row["fast_vs_perturbed"] = float(np.mean([adjusted_rand_score(p, fast) for p in perturbed]))
         # the fast mode against itself under the same perturbations
         row["fast_self"] = float(np.mean([adjusted_rand_score(fast, p) for p in fast_perturbed]))
+        row["plain_self"] = float(np.mean(plain_self))
         return row
 
     t0 = time.perf_counter()
@@ -192,12 +204,15 @@ def main() -> None:
         "fast_at_k": "fast, Ward cut at R's own k (oracle k)",
         "spectral4": "fast with a 4-D eigenmap",
         "tsne500": "faithful t-SNE stopped at 500 iterations",
+        "tsne3000": "faithful t-SNE run for 3000 iterations",
     }
     for key, label in labels_of.items():
         print(f"{label:<44} {stat([r[key][0] for r in rows]):>12} {stat([r[key][1] for r in rows]):>15}")
     print(f"\nperturbed runs that reproduce R exactly (ARI = 1): {np.mean([r['perturbed_identical'] for r in rows]):.0%}")
     print(f"fast vs the perturbed faithful runs (mean ARI per layer): {stat([r['fast_vs_perturbed'] for r in rows])}")
     print(f"fast vs itself under the same perturbations (ARI):         {stat([r['fast_self'] for r in rows])}")
+    print(f"faithful WITHOUT gains vs itself under the same noise, {min(runs, 3)} runs (ARI): "
+          f"{stat([r['plain_self'] for r in rows])}")
     print(f"layers where the oracle consensus reaches ARI >= 0.8: "
           f"{np.mean([r['consensus'][0] >= 0.8 for r in rows]):.0%}")
     if args.json:
