@@ -344,17 +344,8 @@ def _login_key(username: str) -> str:
 def login_retry_after(db: Database, username: str, limit: tuple[int, float]) -> float | None:
     """Seconds until ``username`` may try again if it had ``limit[0]`` failed log-ins in the last
     ``limit[1]`` seconds, else ``None``. Counted in the database, so all worker processes agree."""
-    count, window = limit
-    since = utcnow() - dt.timedelta(seconds=window)
     with db.read() as s:
-        times = s.scalars(
-            select(LoginFailure.at).where(LoginFailure.username_key == _login_key(username), LoginFailure.at >= since)
-            .order_by(LoginFailure.at)
-        ).all()
-    if len(times) < count:
-        return None
-    oldest = times[len(times) - count]
-    return max(1.0, window - (utcnow() - oldest).total_seconds())
+        return _window_retry(s, LoginFailure.at, LoginFailure.username_key == _login_key(username), limit, 1.0)
 
 
 def record_login_failure(db: Database, username: str, window: float) -> None:
@@ -552,19 +543,24 @@ class FinishResult:
     points: int  # guess points + label points of this round (at the time of the answer)
 
 
+def _window_retry(s: OrmSession, at: Any, where: Any, limit: tuple[int, float], floor: float) -> float | None:
+    """Sliding window: with ``limit = (n, seconds)``, the seconds (at least ``floor``) until fewer than
+    ``n`` rows matching ``where`` have their time column ``at`` inside the window; ``None`` if already so."""
+    count, window = limit
+    since = utcnow() - dt.timedelta(seconds=window)
+    times = s.scalars(select(at).where(where, at >= since).order_by(at)).all()
+    if len(times) < count:
+        return None
+    oldest = times[len(times) - count]
+    return max(floor, window - (utcnow() - oldest).total_seconds())
+
+
 def _check_rate(s: OrmSession, player_id: int, limit: tuple[int, float] | None) -> None:
     if not limit:
         return
-    count, window = limit
-    since = utcnow() - dt.timedelta(seconds=window)
-    times = s.scalars(
-        select(Round.finished_at).where(Round.player_id == player_id, Round.finished_at >= since)
-        .order_by(Round.finished_at)
-    ).all()
-    if len(times) >= count:
-        oldest = times[len(times) - count]
-        retry = max(0.1, window - (utcnow() - oldest).total_seconds())
-        raise RateLimited(f"slow down: at most {count} answers per {window:g} s", retry)
+    retry = _window_retry(s, Round.finished_at, Round.player_id == player_id, limit, 0.1)
+    if retry is not None:
+        raise RateLimited(f"slow down: at most {limit[0]} answers per {limit[1]:g} s", retry)
 
 
 def _agrees(matcher: LabelMatcher, text: str, norm: str, other_text: str, other_norm: str) -> bool:
