@@ -59,7 +59,7 @@ def run_network(args: argparse.Namespace) -> int:
     n_clusters = sum(len(im.clusters) for im in bundle.images)
     print(f"wrote {out} ({len(bundle.images)} images x {len(bundle.layers)} layers, {n_clusters} clusters, "
           f"mode {params.mode})")
-    stab = [st["stability"] for im in bundle.images for st in im.layer_stats if "stability" in st]
+    stab = bundle.layer_stat_values("stability")
     if stab:
         low = sum(v < 0.8 for v in stab)
         print(f"stability ({params.stability_runs} noisy re-clustering(s) per layer): median ARI "

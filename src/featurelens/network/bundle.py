@@ -126,6 +126,10 @@ class Bundle:
     version: int = VERSION
 
     # -- access helpers -------------------------------------------------
+    def layer_stat_values(self, key: str) -> list[float]:
+        """The values of ``key`` (e.g. ``"stability"``) over every image's ``layer_stats`` that have it."""
+        return [float(st[key]) for im in self.images for st in im.layer_stats if st.get(key) is not None]
+
     def image(self, image_id: str) -> BundleImage:
         for im in self.images:
             if im.id == image_id:

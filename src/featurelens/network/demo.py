@@ -55,8 +55,8 @@ def section(ctx: DemoContext) -> DemoSection:
         f"{len(bundle.images)} images × {len(bundle.layers)} layers in {seconds:.1f} s. "
         f'Open the <a href="{escape(rel(viewer.name))}">bundle viewer</a> for every layer and cluster.</p>'
     ]
-    stab = [st["stability"] for im in bundle.images for st in im.layer_stats if "stability" in st]
-    maps = [st["map_stability"] for im in bundle.images for st in im.layer_stats if "map_stability" in st]
+    stab = bundle.layer_stat_values("stability")
+    maps = bundle.layer_stat_values("map_stability")
     stability = float(np.median(stab)) if stab else None
     map_stability = float(np.median(maps)) if maps else None
     if stability is not None:
