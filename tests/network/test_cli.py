@@ -14,19 +14,21 @@ def test_cli_network_fast_on_real_photos_then_validate_and_view(photo_dir, tmp_p
     out = tmp_path / "bundle"
     images = [str(photo_dir / "chelsea.png"), str(photo_dir / "coffee.jpg")]
     code = main(["network", *images, "--layers", "head", "--fast", "--out", str(out),
-                 "--stability", "2", "--viewer", "--quiet"])
+                 "--stability", "2", "--quiet"])
     assert code == 0
     text = capsys.readouterr().out
     assert "2 images x 1 layers" in text and "index.html" in text
     assert "median ARI 1.00 over 2 layers; 0 below 0.8" in text
     data = json.loads((out / "bundle.json").read_text())
-    assert data["params"]["mode"] == "fast"
+    assert data["params"]["mode"] == "stable" and data["method"]["mode"] == "stable"  # --fast is an alias
+    assert data["layers"][0]["name"] == "head.act" and data["layers"][0]["activation"] == "ReLU6"
+    assert (out / "index.html").is_file()  # the viewer is written by default
     assert [im["id"] for im in data["images"]] == ["chelsea", "coffee"]
     assert data["images"][0]["predicted_class"]  # a real ImageNet class name
     assert all(im["clusters"] for im in data["images"])
     assert data["params"]["stability_runs"] == 2
     for im in data["images"]:  # the fast mode does not move under float-sized noise
-        assert [(s["name"], s["stability"]) for s in im["layer_stats"]] == [("head.conv", 1.0)]
+        assert [(s["name"], s["stability"]) for s in im["layer_stats"]] == [("head.act", 1.0)]
     assert main(["bundle", "validate", str(out)]) == 0
     assert main(["bundle", "view", str(out)]) == 0
     assert "stability ARI" in (out / "index.html").read_text()

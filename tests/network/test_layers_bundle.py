@@ -17,27 +17,12 @@ from featurelens.network.pipeline import NetworkParams, explain_network
 from featurelens.network.viewer import write_viewer
 
 
-def test_conv_layers_of_lite0_and_default_selection(lite0):
+def test_conv_layers_of_lite0(lite0):
     sample = lite0.sample_input()
     convs = conv_layers(lite0.model, sample)
     expected = [n for n, m in lite0.model.named_modules() if isinstance(m, nn.Conv2d)]
     assert sorted(convs) == sorted(expected) and len(convs) == 49
     assert convs[0] == "stem.conv" and convs[-1] == "head.conv"
-    default = select_layers(lite0.model, sample)
-    assert default == convs[24:] and len(default) == 25 and default[0] == "blocks.8.expand.conv"
-
-
-def test_layer_selection_by_name_container_range_and_slice(lite0):
-    m, s = lite0.model, lite0.sample_input()
-    assert select_layers(m, s, ["blocks.15"]) == ["blocks.15.expand.conv", "blocks.15.depthwise.conv",
-                                                  "blocks.15.project.conv"]
-    assert select_layers(m, s, ["head", "blocks.15.project.conv"]) == ["blocks.15.project.conv", "head.conv"]
-    assert select_layers(m, s, ["blocks.14.project..head"]) == ["blocks.14.project.conv", "blocks.15.expand.conv",
-                                                                "blocks.15.depthwise.conv", "blocks.15.project.conv",
-                                                                "head.conv"]
-    assert select_layers(m, s, ["-2:"]) == ["blocks.15.project.conv", "head.conv"]
-    assert select_layers(m, s, ["0"]) == ["stem.conv"]
-    assert len(select_layers(m, s, "all")) == 49
 
 
 def test_layer_selection_errors_are_typed(lite0):
@@ -45,7 +30,7 @@ def test_layer_selection_errors_are_typed(lite0):
     with pytest.raises(LayerNotFoundError, match=r"blocks\.12") as exc:
         select_layers(m, s, ["blocks.12.expnd.conv"])
     assert "blocks.12.expand.conv" in exc.value.close_matches
-    with pytest.raises(ModelError, match="not a conv layer"):
+    with pytest.raises(ModelError, match="not a conv or activation layer"):
         select_layers(m, s, ["pool"])
     with pytest.raises(ModelError, match="backwards"):
         select_layers(m, s, ["head..blocks.3"])
@@ -55,7 +40,7 @@ def test_layer_selection_errors_are_typed(lite0):
 
 def test_explain_network_handles_a_tiny_cnn_and_zero_gradients(tiny_cnn, tiny_input):
     layers = select_layers(tiny_cnn, tiny_input[:1], "all")
-    assert layers == ["conv1", "conv2"]
+    assert layers == ["relu1", "relu2"]
     res = explain_network(tiny_cnn, tiny_input, layers, params=NetworkParams(effect=True, workers=1))
     assert len(res) == 3
     for r in res:
@@ -75,7 +60,7 @@ def test_explain_network_handles_a_tiny_cnn_and_zero_gradients(tiny_cnn, tiny_in
 def test_bundle_round_trip_is_deterministic_and_valid(lite0, photos, tmp_path):
     images = {k: photos[k] for k in ("chelsea", "coffee")}
     params = NetworkParams(mode="faithful")
-    layers = ["blocks.15.project", "head"]
+    layers = ["blocks.15.project", "head"]  # a conv with no activation (raw output) and an activated one
     b1 = build_bundle(lite0, images, tmp_path / "a", layers=layers, params=params, labels={"chelsea": "cat"})
     no_effect = NetworkParams(mode="faithful", effect=False)  # the effect is a plain forward; skip it twice
     b2 = build_bundle(lite0, images, tmp_path / "b", layers=layers, params=no_effect, labels={"chelsea": "cat"})
@@ -97,8 +82,13 @@ def test_bundle_round_trip_is_deterministic_and_valid(lite0, photos, tmp_path):
     chelsea = loaded.image("chelsea")
     assert chelsea.true_class == "cat" and loaded.image("coffee").true_class is None
     assert chelsea.predicted_class == lite0.class_name(chelsea.predicted_index)
-    assert [s["name"] for s in chelsea.layer_stats] == ["blocks.15.project.conv", "head.conv"]
-    for layer in ("blocks.15.project.conv", "head.conv"):
+    assert [s["name"] for s in chelsea.layer_stats] == ["blocks.15.project.conv", "head.act"]
+    assert [(la.name, la.activation, la.conv) for la in loaded.layers] == [
+        ("blocks.15.project.conv", None, "blocks.15.project.conv"), ("head.act", "ReLU6", "head.conv")]
+    assert loaded.version == 2 and loaded.method == {"mode": "faithful", "prune_rule": "paper",
+                                                     "cluster_map_rule": "raw", "smooth_sigma": None}
+    assert all(isinstance(s["kept_channels"], int) and s["kept_channels"] > 0 for s in chelsea.layer_stats)
+    for layer in ("blocks.15.project.conv", "head.act"):
         cl = [c for c in chelsea.clusters if c.layer == layer]
         assert cl, f"no cluster for {layer}"
         assert [c.index for c in cl] == list(range(len(cl)))
@@ -110,7 +100,7 @@ def test_bundle_round_trip_is_deterministic_and_valid(lite0, photos, tmp_path):
         assert loaded.load_image_map(cl[0]).shape == (224, 224)
     # the viewer embeds the manifest and refers to files that exist
     page = write_viewer(tmp_path / "a").read_text()
-    assert '"schema":"featurelens.network-bundle"' in page and "chelsea/head.conv/0" in page
+    assert '"schema":"featurelens.network-bundle"' in page and "chelsea/head.act/0" in page
 
 
 def _tiny_manifest() -> dict:
@@ -149,6 +139,48 @@ def test_validator_reports_unknown_versions_and_bad_fields(tmp_path):
     assert any("missing from the bundle" in e for e in validate_bundle(tmp_path))
     with pytest.raises(BundleError, match=r"no bundle\.json"):
         load_bundle(tmp_path / "nothing")
+
+
+def _write_files(root, data: dict) -> None:
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "images").mkdir(exist_ok=True)
+    Image.new("RGB", (4, 4)).save(root / "images" / "i.png")
+    np.save(root / "a.npy", np.zeros((2, 2), np.float32))
+    Image.new("L", (4, 4)).save(root / "a.png")
+    Image.new("RGB", (4, 4)).save(root / "b.png")
+    (root / "bundle.json").write_text(json.dumps(data))
+
+
+def test_a_version_1_bundle_loads_upgraded_with_a_message_and_v2_is_checked(tmp_path):
+    from featurelens.network.bundle import BundleUpgradeWarning
+
+    v1 = _tiny_manifest()
+    v1["params"] = {"mode": "faithful", "smooth_sigma": 1.0}
+    _write_files(tmp_path / "v1", v1)
+    assert validate_bundle(tmp_path / "v1") == []
+    with pytest.warns(BundleUpgradeWarning, match="version-1 bundle"):
+        b = load_bundle(tmp_path / "v1")
+    assert b.version == 2 and b.upgraded_from == 1
+    assert [(la.name, la.activation) for la in b.layers] == [("l", None)]
+    assert b.method == {"mode": "faithful", "prune_rule": "uniform", "cluster_map_rule": "normalized",
+                        "smooth_sigma": 1.0}
+    assert b.image("i").clusters[0].weight == 50.0
+    # the upgraded manifest is a valid version-2 manifest
+    assert validate_dict(b.to_dict(), check_files=False) == []
+    # version 2 requires the method, each layer's activation and (in layer stats) kept_channels
+    v2 = dict(_tiny_manifest(), version=2)
+    errs = validate_dict(v2, check_files=False)
+    assert "bundle: missing key 'method'" in errs and "layers[0]: missing key 'activation'" in errs
+    v2["method"] = {"mode": "stable", "prune_rule": "paper", "cluster_map_rule": "raw", "smooth_sigma": None}
+    v2["layers"][0]["activation"] = "ReLU6"
+    v2["images"][0]["layer_stats"] = [{"name": "l", "k": 3}]
+    assert validate_dict(v2, check_files=False) == ["images[0].layer_stats[0]: missing key 'kept_channels'"]
+    v2["images"][0]["layer_stats"][0]["kept_channels"] = 5
+    assert validate_dict(v2, check_files=False) == []
+    for bad in (3, True, "2"):
+        assert "is not supported" in validate_dict(dict(v2, version=bad), check_files=False)[0]
 
 
 def test_labels_sources(tmp_path):

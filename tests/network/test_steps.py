@@ -10,6 +10,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 from sklearn.metrics import silhouette_score as sk_silhouette
 
+from featurelens.errors import FeaturelensError
 from featurelens.network import clustering as C
 from featurelens.network.pipeline import NetworkParams, deletion_masks, embed, explain_layer
 from featurelens.network.tsne import (
@@ -61,12 +62,34 @@ def test_channel_weights_all_zero_gradient_gives_zeros_not_nan():
 
 
 # -- step 2 ------------------------------------------------------------------
-def test_pruning_threshold_is_factor_times_uniform_share():
+def test_uniform_pruning_threshold_is_factor_times_uniform_share():
     # K = 10 -> uniform share 10 %, threshold 9 %
     w = torch.tensor([9.0, 8.999, 30.0, 0.0, 9.001, 10.0, 5.0, 8.0, 10.0, 10.0])
-    kept = C.prune_channels(w, 0.9)
+    kept = C.prune_channels(w, 0.9, rule="uniform")
     assert kept.tolist() == [0, 2, 4, 5, 8, 9]
-    assert C.prune_channels(w, 0.5).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert C.prune_channels(w, 0.5, rule="uniform").tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    with pytest.raises(ValueError, match="unknown pruning rule"):
+        C.prune_channels(w, rule="median")
+
+
+# the authors' table, written out: d(K) in percent
+PAPER_TABLE = {32: 2.4, 48: 1.6, 64: 1.4, 100: 1.4, 112: 1.4, 128: 0.7, 480: 0.35, 512: 0.175, 672: 0.175,
+               1152: 0.175, 1280: 0.175}
+
+
+@pytest.mark.parametrize("k", sorted(PAPER_TABLE))
+def test_paper_pruning_rule_matches_the_authors_table(k):
+    assert math.isclose(C.paper_threshold(k), PAPER_TABLE[k], rel_tol=1e-12)
+    if k >= 64 and k & (k - 1) == 0:  # a power of two: d(K) = 0.896 * 100 / K
+        assert math.isclose(C.paper_threshold(k), 0.896 * 100 / k, rel_tol=1e-12)
+    d = C.paper_threshold(k)
+    g = torch.Generator().manual_seed(k)
+    w = torch.rand(k, generator=g, dtype=torch.float64)
+    w[:3] = torch.tensor([d, d + 1e-9, d - 1e-9], dtype=torch.float64)  # exactly at the cut-off: dropped (strict >)
+    kept = C.prune_channels(w)  # the paper rule is the default
+    assert kept.tolist() == [i for i in range(k) if float(w[i]) > d]
+    assert 1 in kept.tolist() and 0 not in kept.tolist() and 2 not in kept.tolist()
+    assert NetworkParams().prune_rule == "paper"
 
 
 # -- step 3 ------------------------------------------------------------------
@@ -189,6 +212,60 @@ def test_cluster_map_matches_explicit_loop_and_finish_map_range():
     assert float(smooth.min()) == 0.0 and math.isclose(float(smooth.max()), 1.0, rel_tol=1e-6)
 
 
+@pytest.mark.parametrize("rule", ["raw", "normalized"])
+def test_explain_layer_cluster_maps_match_an_explicit_loop_over_raw_activations(rule):
+    maps, _ = three_pattern_maps(per=8)
+    g = torch.Generator().manual_seed(3)
+    scale = 0.2 + 5.0 * torch.rand(maps.shape[0], 1, 1, generator=g)  # channels of very different strength
+    act = maps.clamp_min(0) * scale + 0.05 * torch.rand(maps.shape, generator=g)
+    grad = torch.rand(maps.shape, generator=g) + 0.1
+    params = NetworkParams(mode="stable", effect=False, cluster_map_rule=rule)
+    assert params.smooth_sigma is None and NetworkParams().cluster_map_rule == "raw"  # the defaults
+    r = explain_layer("l", act, grad, (28, 28), params)
+    assert r.clusters
+    w = r.weights
+    for c in r.clusters:
+        num = torch.zeros(act.shape[1:], dtype=torch.float64)
+        for k in c.channels:  # M_C = sum_k w_k A_k / sum_k w_k over the cluster's channels
+            a = act[k].double()
+            if rule == "normalized":
+                a = (a - a.min()) / (a.max() - a.min())
+            num += float(w[k]) * a
+        m = num / sum(float(w[k]) for k in c.channels)
+        m = (m - m.min()) / (m.max() - m.min())
+        assert np.allclose(c.feature_map, m.numpy(), atol=1e-5)
+        up = torch.nn.functional.interpolate(m[None, None].float(), size=(28, 28), mode="bilinear",
+                                             align_corners=False)[0, 0]
+        up = (up - up.min()) / (up.max() - up.min())  # no smoothing by default
+        assert np.allclose(c.image_map, up.numpy(), atol=1e-5)
+    other = explain_layer("l", act, grad, (28, 28), NetworkParams(
+        mode="stable", effect=False, cluster_map_rule="normalized" if rule == "raw" else "raw"))
+    assert [c.channels for c in other.clusters] == [c.channels for c in r.clusters]
+    assert not all(np.allclose(a.feature_map, b.feature_map, atol=1e-3) for a, b in zip(other.clusters, r.clusters))
+
+
+def test_modes_aliases_and_rules_are_checked():
+    assert NetworkParams(mode="fast").mode == "stable" and NetworkParams(mode="sklearn").mode == "paper"
+    for bad in ({"mode": "tsne"}, {"prune_rule": "median"}, {"cluster_map_rule": "max"}):
+        with pytest.raises(FeaturelensError, match="unknown"):
+            NetworkParams(**bad)
+
+
+def test_paper_mode_is_scikit_learn_as_the_authors_call_it():
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    maps, _ = three_pattern_maps(per=15)
+    feats = C.minmax_rows(maps.flatten(1))
+    params = NetworkParams()
+    assert params.mode == "paper" and params.seed == 432
+    got = embed(feats, params)
+    x = feats.numpy()
+    ref = TSNE(n_components=2, random_state=432).fit_transform(
+        PCA(n_components=min(50, *x.shape), random_state=432).fit_transform(x))
+    assert np.allclose(got.numpy(), ref, atol=1e-5)
+
+
 def test_gaussian_blur_keeps_constants_and_mass():
     flat = torch.full((1, 9, 9), 0.7)
     assert torch.allclose(C.gaussian_blur(flat, 1.0), flat, atol=1e-6)
@@ -262,7 +339,7 @@ def test_stability_exposes_faithful_clusters_of_structureless_channels():
     g = torch.Generator().manual_seed(12)
     maps = torch.rand(80, 7, 7, generator=g)  # i.i.d. noise: no cluster structure at all
     act, grad = _layer_inputs(maps)
-    params = NetworkParams(effect=False, stability_runs=4)
+    params = NetworkParams(mode="faithful", effect=False, stability_runs=4)
     r = explain_layer("l", act, grad, (28, 28), params)
     assert r.stability is not None and r.stability < 0.5  # float-sized noise moves t-SNE's boundaries
     again = explain_layer("l", act, grad, (28, 28), params)

@@ -10,14 +10,14 @@ from featurelens.network.viewer import write_viewer
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-LAYERS = ["blocks.15.project.conv", "head.conv"]
+LAYERS = ["blocks.15.project.conv", "head.act"]
 
 
 @pytest.fixture(scope="module")
 def viewer_bundle(lite0, photo_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("viewer") / "bundle"
     images = [photo_dir / "chelsea.png", photo_dir / "coffee.jpg"]
-    params = NetworkParams(mode="fast", effect=False, stability_runs=1)
+    params = NetworkParams(mode="fast", effect=False, stability_runs=1)  # fast: an alias of stable
     bundle = build_bundle(lite0, images, out, layers=LAYERS, params=params, labels={"chelsea": "cat"})
     return bundle, write_viewer(out)
 
@@ -31,7 +31,7 @@ def test_viewer_shows_images_layers_and_clusters_from_disk(page, viewer_bundle):
     page.set_default_timeout(15_000)
     page.goto(index.as_uri())
 
-    expect(page.locator("#meta")).to_contain_text("2 image(s) · 2 layer(s) · mode: fast")
+    expect(page.locator("#meta")).to_contain_text("2 image(s) · 2 layer(s) · mode: stable · pruning: paper · cluster maps: raw")
     expect(page.locator("nav#images button")).to_have_count(2)
     for im in bundle.images:
         page.goto(f"{index.as_uri()}#img={im.id}")
@@ -43,6 +43,7 @@ def test_viewer_shows_images_layers_and_clusters_from_disk(page, viewer_bundle):
         for i, layer in enumerate(LAYERS):
             box = page.locator(f"#layer-{i}")
             expect(box.locator(".n")).to_have_text(layer)
+            expect(box.locator(".hd .s")).to_contain_text("raw conv output" if i == 0 else "after ReLU6")
             # stability of the fast mode under float-sized noise is exactly 1
             expect(box.locator(".hd .s")).to_contain_text("stability ARI 1.00, maps 1.00")
             clusters = sorted((c for c in im.clusters if c.layer == layer), key=lambda c: -c.weight)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from PIL import Image
 from featurelens.errors import FeaturelensError
 from featurelens.imaging import as_pil
 from featurelens.network.bundle import Bundle, BundleWriter, safe_name
-from featurelens.network.layers import select_layers
+from featurelens.network.layers import Unit, resolve_units
 from featurelens.network.pipeline import NetworkParams, explain_network
 from featurelens.targets import ClassTarget, Predicted, TargetLike, as_target
 
@@ -68,24 +69,33 @@ def build_bundle(
     images: Sequence[ImageLike] | Mapping[str, ImageLike],
     out: str | Path,
     *,
-    layers: Sequence[str] | str | None = None,
+    layers: Sequence[str | Unit] | str | None = None,
     target: TargetLike = None,
     params: NetworkParams | None = None,
     labels: Mapping[str, str] | str | None = None,
     batch_size: int = 4,
     progress: Callable[[int], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Bundle:
     """Explain ``images`` with ``spec`` (a :class:`featurelens.models.ModelSpec`) and write a bundle to ``out``.
 
-    ``images``: paths / PIL images, or a mapping ``id → image``. ``layers``: a selection for
-    :func:`featurelens.network.layers.select_layers` (default: the later half of the conv layers).
-    ``labels``: true classes (``"dirname"`` or a mapping, see :func:`true_class_for`).
+    ``images``: paths / PIL images, or a mapping ``id → image``. ``layers``: units, or a selection for
+    :func:`featurelens.network.layers.resolve_units` (default: the later half of the activated units).
+    ``labels``: true classes (``"dirname"`` or a mapping, see :func:`true_class_for`). ``timings``
+    (if given) accumulates seconds per stage: ``capture``, ``clustering``, ``effects``, ``writing``.
     """
     params = params or NetworkParams()
+    timings = timings if timings is not None else {}
     items = list(images.items()) if isinstance(images, Mapping) else [(None, im) for im in images]
     if not items:
         raise FeaturelensError("no images to explain")
-    layer_list = select_layers(spec.model, spec.sample_input(), layers)
+    if isinstance(layers, Sequence) and not isinstance(layers, str) and layers and all(
+            isinstance(u, Unit) for u in layers):
+        units: list[Unit] = list(layers)  # type: ignore[arg-type]
+    else:
+        units = resolve_units(spec.model, spec.sample_input(), layers)  # type: ignore[arg-type]
+    layer_list = [u.name for u in units]
+    by_name = {u.name: u for u in units}
     tgt = as_target(target)
     named = []
     seen: set[str] = set()
@@ -104,16 +114,19 @@ def build_bundle(
         target=describe_target(tgt),
         class_names=list(spec.class_names or []),
         params={"layers": layer_list, **params.to_dict()},
+        method=params.to_dict(),
     )
     for start in range(0, len(named), batch_size):
         chunk = named[start: start + batch_size]
         pils = [as_pil(im) for _, _, im in chunk]
         x = spec.prepare(pils)
-        results = explain_network(spec.model, x, layer_list, tgt, params, progress=progress)
+        results = explain_network(spec.model, x, units, tgt, params, progress=progress, timings=timings)
+        t0 = time.perf_counter()
         for (image_id, source, _), pil, res in zip(chunk, pils, results):
             for name in layer_list:
                 lr = next(r for r in res.layers if r.name == name)
-                writer.add_layer(name, lr.channels, lr.feature_size)
+                writer.add_layer(name, lr.channels, lr.feature_size, activation=by_name[name].activation,
+                                 conv=by_name[name].conv)
             pred = res.predicted_index if res.predicted_index is not None else -1
             writer.add_image(
                 spec.model_view(pil),
@@ -137,4 +150,8 @@ def build_bundle(
                         effect=c.effect,
                         index=c.index,
                     )
-    return writer.close()
+        timings["writing"] = timings.get("writing", 0.0) + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bundle = writer.close()
+    timings["writing"] = timings.get("writing", 0.0) + time.perf_counter() - t0
+    return bundle

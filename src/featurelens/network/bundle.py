@@ -1,6 +1,6 @@
 """The explanation bundle: a folder that later tools read without the model.
 
-Layout (schema ``featurelens.network-bundle``, version 1)::
+Layout (schema ``featurelens.network-bundle``, version 2)::
 
     BUNDLE/
       bundle.json                       # the manifest, see below
@@ -12,12 +12,20 @@ Layout (schema ``featurelens.network-bundle``, version 1)::
 ``bundle.json``::
 
     {
-      "schema": "featurelens.network-bundle", "version": 1, "created": ISO-8601,
+      "schema": "featurelens.network-bundle", "version": 2, "created": ISO-8601,
       "model": {"name": str, "input_size": [H, W]},
       "target": {"kind": str, "description": str},
       "class_names": [str, ...],          # candidate classes (the game's class list)
       "params": {...},                    # every constant the pipeline used
-      "layers": [{"name": str, "channels": int, "feature_size": [h, w]}, ...],
+      "method": {                         # v2: how the maps were made
+          "mode": str | null,               # paper, faithful, stable or pca
+          "prune_rule": str | null,         # paper (w_k > d(K)) or uniform (w_k >= f*100/K)
+          "cluster_map_rule": str | null,   # raw (weighted raw activations) or normalized
+          "smooth_sigma": float | null      # Gaussian smoothing of the image maps (null: none)
+      },
+      "layers": [{"name": str, "channels": int, "feature_size": [h, w],
+                  "activation": str | null, # v2: e.g. "ReLU6"; null = a raw conv output
+                  "conv": str | null}, ...],# v2: the conv the unit follows
       "images": [{
           "id": str, "file": "images/<id>.png", "source": str,
           "width": int, "height": int,      # of the stored image (= model input size)
@@ -28,7 +36,7 @@ Layout (schema ``featurelens.network-bundle``, version 1)::
               "effect": float | null,                   # measured score drop when its region is deleted
               "map_npy": str, "map_png": str, "overlay_png": str
           }, ...],
-          "layer_stats": [{                # optional (added in 0.1, still version 1)
+          "layer_stats": [{                # optional; when present, name and kept_channels are required
               "name": str, "kept_channels": int, "k": int,
               "silhouette": float | null, "clusters": int,
               "stability": float,          # optional: mean ARI of re-clusterings under float-sized noise
@@ -36,6 +44,11 @@ Layout (schema ``featurelens.network-bundle``, version 1)::
           }, ...]
       }, ...]
     }
+
+Version 1 bundles (clusters of raw conv outputs, ``0.9·100/K`` pruning, averaged min-max maps,
+σ = 1 smoothing) still load: :func:`load_bundle` upgrades them in memory to version 2 (layers get
+``activation: null``, ``method`` is read from ``params``), warns once with
+:class:`BundleUpgradeWarning` and sets ``Bundle.upgraded_from = 1``. Any other version is an error.
 
 Optional keys may be absent; readers must ignore keys they do not know. Within one image and
 layer, cluster ``index`` 0 is the heaviest cluster (clusters are ranked by weight).
@@ -50,6 +63,7 @@ import datetime as _dt
 import json
 import math
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +74,13 @@ from PIL import Image
 from featurelens.errors import BundleError
 
 SCHEMA = "featurelens.network-bundle"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+METHOD_KEYS = ("mode", "prune_rule", "cluster_map_rule", "smooth_sigma")
+
+
+class BundleUpgradeWarning(UserWarning):
+    """A bundle of an older schema version was read and upgraded in memory."""
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -109,6 +128,8 @@ class Layer:
     name: str
     channels: int
     feature_size: list[int]
+    activation: str | None = None  # the activation's class name; None = a raw conv output
+    conv: str | None = None  # the conv the unit follows
 
 
 @dataclass
@@ -124,6 +145,8 @@ class Bundle:
     images: list[BundleImage]
     created: str = ""
     version: int = VERSION
+    method: dict[str, Any] = field(default_factory=dict)
+    upgraded_from: int | None = None  # 1 when a version-1 bundle was read and upgraded in memory
 
     # -- access helpers -------------------------------------------------
     def layer_stat_values(self, key: str) -> list[float]:
@@ -167,6 +190,7 @@ class Bundle:
             "target": self.target,
             "class_names": self.class_names,
             "params": self.params,
+            "method": self.method,
             "layers": [asdict(layer) for layer in self.layers],
             "images": [asdict(im) for im in self.images],
         }
@@ -207,7 +231,7 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
     if data.get("schema") != SCHEMA:
         return [f"bundle.json: schema is {data.get('schema')!r}, expected {SCHEMA!r}"]
     version = data.get("version")
-    if version not in SUPPORTED_VERSIONS:
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
         return [
             f"bundle.json: version {version!r} is not supported by this featurelens "
             f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))})"
@@ -225,6 +249,11 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
     if class_names is not None and not all(isinstance(c, str) and c for c in class_names):
         errors.append("class_names: every entry must be a non-empty string")
     _req(data, "params", dict, "bundle", errors)
+    if version >= 2:
+        method = _req(data, "method", dict, "bundle", errors)
+        if method is not None:
+            for key in METHOD_KEYS:
+                _req(method, key, (float, int) if key == "smooth_sigma" else str, "method", errors, nullable=True)
     layers = _req(data, "layers", list, "bundle", errors) or []
     layer_names: set[str] = set()
     for i, layer in enumerate(layers):
@@ -236,6 +265,8 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
             layer_names.add(name)
         _req(layer, "channels", int, where, errors)
         _req(layer, "feature_size", list, where, errors)
+        if version >= 2:
+            _req(layer, "activation", str, where, errors, nullable=True)
     images = _req(data, "images", list, "bundle", errors) or []
     image_ids: set[str] = set()
     cluster_ids: set[str] = set()
@@ -284,6 +315,9 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
             errors.append(f"{where}.layer_stats: expected a list of objects")
         elif stats:
             for j, st in enumerate(stats):
+                if version >= 2:
+                    _req(st, "name", str, f"{where}.layer_stats[{j}]", errors)
+                    _req(st, "kept_channels", int, f"{where}.layer_stats[{j}]", errors)
                 for key in ("stability", "map_stability"):
                     v = st.get(key)
                     if v is not None and not (isinstance(v, (int, float)) and -1.0 <= v <= 1.0):
@@ -295,7 +329,26 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
     return errors
 
 
+def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 manifest as version 2: its layers were raw conv outputs (``activation: null``), its
+    method is read from ``params`` (v1 defaults: uniform pruning, normalised maps, σ = 1)."""
+    params = data.get("params") or {}
+    out = dict(data, version=2)
+    out["method"] = {
+        "mode": params.get("mode"),
+        "prune_rule": params.get("prune_rule", "uniform"),
+        "cluster_map_rule": params.get("cluster_map_rule", "normalized"),
+        "smooth_sigma": params.get("smooth_sigma", 1.0),
+    }
+    out["layers"] = [{**layer, "activation": None, "conv": layer.get("name")} for layer in data.get("layers", [])]
+    return out
+
+
 def _from_dict(data: dict[str, Any], root: Path) -> Bundle:
+    upgraded_from = None
+    if data["version"] == 1:
+        upgraded_from = 1
+        data = upgrade_v1(data)
     images = []
     for im in data["images"]:
         clusters = [Cluster(**{k: c[k] for k in Cluster.__dataclass_fields__}) for c in im["clusters"]]
@@ -307,10 +360,12 @@ def _from_dict(data: dict[str, Any], root: Path) -> Bundle:
         target=data["target"],
         class_names=list(data["class_names"]),
         params=data["params"],
-        layers=[Layer(**{k: layer[k] for k in Layer.__dataclass_fields__}) for layer in data["layers"]],
+        layers=[Layer(**{k: layer[k] for k in Layer.__dataclass_fields__ if k in layer}) for layer in data["layers"]],
         images=images,
         created=data.get("created", ""),
         version=data["version"],
+        method=dict(data.get("method") or {}),
+        upgraded_from=upgraded_from,
     )
 
 
@@ -328,7 +383,11 @@ def load_bundle(path: str | Path, check_files: bool = True) -> Bundle:
     if errors:
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise BundleError(f"invalid bundle {manifest.parent}: " + "; ".join(errors[:5]) + more)
-    return _from_dict(data, manifest.parent)
+    bundle = _from_dict(data, manifest.parent)
+    if bundle.upgraded_from is not None:
+        warnings.warn(f"{manifest.parent}: a version-{bundle.upgraded_from} bundle (raw conv outputs), read as "
+                      f"version {VERSION}", BundleUpgradeWarning, stacklevel=2)
+    return bundle
 
 
 def validate_bundle(path: str | Path) -> list[str]:
@@ -371,6 +430,7 @@ class BundleWriter:
         target: dict[str, Any],
         class_names: list[str],
         params: dict[str, Any],
+        method: dict[str, Any] | None = None,
         overlay_alpha: float = 0.5,
         colormap: str = "jet",
     ) -> None:
@@ -388,17 +448,26 @@ class BundleWriter:
             layers=[],
             images=[],
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            method={key: (method or params).get(key) for key in METHOD_KEYS},
         )
         self._images: dict[str, BundleImage] = {}
         self._rgb: dict[str, np.ndarray] = {}
         self.overlay_alpha = overlay_alpha
         self.colormap = colormap
 
-    def add_layer(self, name: str, channels: int, feature_size: tuple[int, int] | list[int]) -> None:
+    def add_layer(
+        self,
+        name: str,
+        channels: int,
+        feature_size: tuple[int, int] | list[int],
+        activation: str | None = None,
+        conv: str | None = None,
+    ) -> None:
         if any(layer.name == name for layer in self.bundle.layers):
             return
         self.bundle.layers.append(
-            Layer(name=name, channels=int(channels), feature_size=[int(s) for s in feature_size])
+            Layer(name=name, channels=int(channels), feature_size=[int(s) for s in feature_size],
+                  activation=activation, conv=conv)
         )
 
     def add_image(

@@ -4,15 +4,18 @@ For one image and one conv layer with activations ``A ∈ R^{K×h×w}`` and grad
 
 1. :func:`channel_weights` – ``α_k = mean_ij 1[A_kij > 0]·1[g_kij > 0]·g_kij`` and
    ``w_k = 100·α_k / Σ_k α_k`` (percent; all zero when ``Σ α = 0``).
-2. :func:`prune_channels` – keep channels with ``w_k ≥ prune_factor · 100/K`` (default 0.9) and ``w_k > 0``.
+2. :func:`prune_channels` – the authors' rule (default): keep channels with ``w_k > d(K)``,
+   :func:`paper_threshold`; or the ``"uniform"`` rule ``w_k ≥ prune_factor · 100/K`` (0.9) and ``w_k > 0``.
 3. :func:`cluster_channels` – flatten the kept maps, min-max each (:func:`minmax_rows`), PCA to at
    most 50 components (:func:`pca`), embed in 2-D (:func:`featurelens.network.tsne.tsne` in the
    faithful mode), Ward agglomerative clustering for ``k = 3…8`` and keep the ``k`` with the best
    silhouette (:func:`silhouette`).
 4. :func:`cluster_weights` / :func:`keep_clusters` – ``w_C = Σ_{k∈C} w_k``; drop clusters with
    ``w_C < max(max_C w_C / 3, mean_C w_C / 2)``.
-5. :func:`cluster_map` – ``M_C = Σ_{k∈C} w_k Â_k / Σ_{k∈C} w_k`` (``Â`` the min-max normalised
-   maps), then :func:`finish_map`: bilinear upsampling, min-max, optional Gaussian smoothing (σ = 1).
+5. :func:`cluster_map` – ``M_C = Σ_{k∈C} w_k A_k / Σ_{k∈C} w_k`` over the **raw** activations (the
+   authors' rule, strong channels dominate), or over the min-max normalised maps ``Â_k``
+   (``"normalized"``); then :func:`finish_map`: bilinear upsampling, min-max, and Gaussian smoothing
+   only on request (the authors compute a σ = 1 blur and never apply it).
 
 All functions work on torch tensors on the input's device and are deterministic.
 """
@@ -50,13 +53,37 @@ def channel_weights(activation: Tensor, gradient: Tensor) -> Tensor:
     return 100.0 * alpha / total
 
 
-def prune_channels(weights: Tensor, prune_factor: float = 0.9) -> Tensor:
-    """Step 2: indices (ascending) of channels with ``w_k ≥ prune_factor·100/K`` and ``w_k > 0``."""
+PRUNE_RULES = ("paper", "uniform")
+
+
+def paper_threshold(k: int) -> float:
+    """The authors' cut-off ``d(K)`` in percent: 0.175 if ``K ≥ 512``, 0.35 if ``K ≥ 256``, 0.7 if
+    ``K ≥ 128``, 1.4 if ``K ≥ 64``, else ``76.8 / K`` (``= 0.896·100/K`` only for powers of two)."""
+    if k >= 512:
+        return 0.175
+    if k >= 256:
+        return 0.35
+    if k >= 128:
+        return 0.7
+    if k >= 64:
+        return 1.4
+    return 76.8 / k
+
+
+def prune_channels(weights: Tensor, prune_factor: float = 0.9, rule: str = "paper") -> Tensor:
+    """Step 2: indices (ascending) of the kept channels of ``weights`` ``[K]`` (percent).
+
+    ``rule="paper"``: ``w_k > d(K)`` (:func:`paper_threshold`); ``rule="uniform"``:
+    ``w_k ≥ prune_factor·100/K`` and ``w_k > 0``."""
     k = weights.numel()
     if k == 0:
         return torch.zeros(0, dtype=torch.long, device=weights.device)
-    threshold = prune_factor * 100.0 / k
-    return torch.nonzero((weights >= threshold) & (weights > 0)).flatten()
+    if rule == "paper":
+        return torch.nonzero(weights > paper_threshold(k)).flatten()
+    if rule == "uniform":
+        threshold = prune_factor * 100.0 / k
+        return torch.nonzero((weights >= threshold) & (weights > 0)).flatten()
+    raise ValueError(f"unknown pruning rule {rule!r}; use one of {', '.join(PRUNE_RULES)}")
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +229,7 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     return x.squeeze(1)
 
 
-def finish_map(m: Tensor, size: tuple[int, int], smooth_sigma: float | None = 1.0) -> Tensor:
+def finish_map(m: Tensor, size: tuple[int, int], smooth_sigma: float | None = None) -> Tensor:
     """Step 5 display: bilinear upsampling of ``[h, w]`` to ``size``, min-max, optional Gaussian
     smoothing with ``smooth_sigma`` pixels, min-max again. Returns ``[H, W]`` in [0, 1]."""
     up = F.interpolate(m[None, None].float(), size=size, mode="bilinear", align_corners=False)[0]

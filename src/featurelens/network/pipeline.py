@@ -5,23 +5,32 @@ Explainability of CNN-based Image Classification" (Bianchi, De Santis, Tocchetti
 IJCAI 2024, arXiv 2405.03301), steps 1–5 of :mod:`featurelens.network.clustering`, for many layers
 captured in ONE forward and ONE backward pass (:class:`featurelens.engine.Capture`).
 
+What is explained: the post-activation units of :mod:`featurelens.network.layers` (conv → [norm]
+→ activation); a unit name ``module@i`` is call ``i`` of a reused module.
+
 Embedding modes (step 3):
 
-* ``"faithful"`` (default) – exact t-SNE with scikit-learn's schedule (1000 iterations, PCA init;
-  :mod:`featurelens.network.tsne`), layers in parallel threads. Deterministic.
-* ``"fast"`` – no t-SNE descent: a 2-D Laplacian eigenmap of the same t-SNE affinities ``P``
+* ``"paper"`` – the authors' pipeline as published: scikit-learn ``PCA(min(50, N, D))`` then
+  scikit-learn's default ``TSNE(n_components=2)`` (Barnes–Hut, perplexity 30, PCA init, learning
+  rate "auto", 1000 iterations), seeded with ``NetworkParams.seed`` (their 432). Alias ``"sklearn"``.
+* ``"faithful"`` – our exact t-SNE in torch with scikit-learn's schedule
+  (:mod:`featurelens.network.tsne`). Deterministic.
+* ``"stable"`` – no t-SNE descent: a 2-D Laplacian eigenmap of the same t-SNE affinities ``P``
   (:func:`featurelens.network.tsne.spectral_embedding`; early-exaggerated t-SNE is spectral
-  clustering on ``P`` in disguise). About 8× faster than the faithful mode, and unmoved by
-  float-sized noise; its agreement with the faithful mode is measured by
-  ``benchmarks/bench_network.py``, and against the faithful mode's own agreement under such noise by
-  ``benchmarks/bench_network_stability.py`` (see also ``NetworkParams.stability_runs``).
-* ``"sklearn"`` – scikit-learn's ``TSNE(init="pca")`` (Barnes–Hut), the paper pipeline as published;
-  kept as the benchmark baseline.
+  clustering on ``P`` in disguise). Unmoved by float-sized noise and many times faster; its
+  agreement with the paper mode is measured by ``benchmarks/bench_network.py``. Alias ``"fast"``.
 * ``"pca"`` – Ward directly on the PCA space (no embedding), for comparison.
 
+For layers with few kept channels, t-SNE's perplexity is lowered to ``(N − 1) / 3``: in the paper
+mode only where scikit-learn refuses it (``N ≤ perplexity``), in the faithful and stable modes for
+``N < 3·perplexity + 1``.
+
 Cluster-level faithfulness: each kept cluster's top ``effect_fraction`` pixels (of its image-
-resolution map) are replaced by a blurred copy of the image (or a constant), all clusters of an
-image in one batch, and ``effect = s(x) − s(x_deleted)`` is the drop of the target score.
+resolution map) are replaced by a blurred copy of the image (or a constant), and
+``effect = s(x) − s(x_deleted)`` is the drop of the target score; ``s(x)`` is the score of the
+capture pass, and the deleted variants of all clusters of all images of a batch run through the model
+together in batches of ``effect_batch`` (identical masks of one image run once).
+
 """
 
 from __future__ import annotations
@@ -40,25 +49,29 @@ from torch import Tensor, nn
 from featurelens.engine import Capture
 from featurelens.errors import FeaturelensError
 from featurelens.network import clustering as C
+from featurelens.network.layers import Unit, unit_call
+from featurelens.network.modes import DEFAULT_MODE, MODE_ALIASES, MODES, canonical_mode  # noqa: F401 - re-exported
 from featurelens.network.tsne import TSNEParams, effective_perplexity, spectral_embedding, tsne
 from featurelens.targets import ClassTarget, TargetLike, as_target, evaluate_target, target_indices
 
-Mode = Literal["faithful", "fast", "sklearn", "pca"]
-MODES = ("faithful", "fast", "sklearn", "pca")
+Mode = Literal["paper", "faithful", "stable", "pca", "fast", "sklearn"]
+CLUSTER_MAP_RULES = ("raw", "normalized")
 
 
 @dataclass
 class NetworkParams:
-    """Every constant of the pipeline (defaults: the paper's)."""
+    """Every constant of the pipeline (defaults: the paper's, except the embedding ``mode``)."""
 
-    mode: Mode = "faithful"
+    mode: Mode = DEFAULT_MODE  # type: ignore[assignment]
+    prune_rule: Literal["paper", "uniform"] = "paper"  # paper: w_k > d(K); uniform: w_k >= prune_factor*100/K
     prune_factor: float = 0.9
+    cluster_map_rule: Literal["raw", "normalized"] = "raw"  # weighted mean of raw or of min-max maps
     pca_components: int = 50
     k_min: int = 3
     k_max: int = 8
     drop_max_ratio: float = 1.0 / 3.0
     drop_mean_ratio: float = 0.5
-    smooth_sigma: float | None = 1.0
+    smooth_sigma: float | None = None
     tsne: TSNEParams = field(default_factory=TSNEParams)
     spectral_dims: int = 2
     effect: bool = True
@@ -67,13 +80,17 @@ class NetworkParams:
     effect_blur_sigma: float = 8.0
     effect_batch: int = 32
     workers: int = 2
-    seed: int = 0
+    seed: int = 432
     stability_runs: int = 0
     stability_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise FeaturelensError(f"unknown network mode {self.mode!r}; use one of {', '.join(MODES)}")
+        self.mode = canonical_mode(self.mode)  # type: ignore[assignment]
+        if self.prune_rule not in C.PRUNE_RULES:
+            raise FeaturelensError(f"unknown pruning rule {self.prune_rule!r}; use one of {', '.join(C.PRUNE_RULES)}")
+        if self.cluster_map_rule not in CLUSTER_MAP_RULES:
+            raise FeaturelensError(f"unknown cluster-map rule {self.cluster_map_rule!r}; "
+                                   f"use one of {', '.join(CLUSTER_MAP_RULES)}")
         if not 1 <= self.k_min <= self.k_max:
             raise FeaturelensError(f"need 1 <= k_min <= k_max, got {self.k_min}, {self.k_max}")
         if not 0.0 < self.effect_fraction <= 1.0:
@@ -141,25 +158,34 @@ class ImageResult:
 # ---------------------------------------------------------------------------
 def embed(features: Tensor, params: NetworkParams) -> Tensor:
     """Step 3 up to Ward's input: PCA (≤ ``pca_components``) then the mode's 2-D embedding."""
+    if params.mode == "paper":
+        return paper_embedding(features, params)
     reduced = C.pca(features, params.pca_components)
     n = reduced.shape[0]
     if params.mode == "pca" or n < 4:
         return reduced
-    if params.mode == "sklearn":
-        from sklearn.manifold import TSNE
-
-        out = TSNE(
-            n_components=2,
-            init="pca",
-            random_state=params.seed,
-            perplexity=effective_perplexity(params.tsne.perplexity, n),
-            early_exaggeration=params.tsne.early_exaggeration,
-            max_iter=params.tsne.max_iter,
-        ).fit_transform(reduced.cpu().numpy())
-        return torch.from_numpy(np.asarray(out, dtype=np.float64))
-    if params.mode == "fast":
+    if params.mode == "stable":
         return spectral_embedding(reduced, params.tsne.perplexity, params.spectral_dims)
     return tsne(reduced, params.tsne)
+
+
+def paper_embedding(features: Tensor, params: NetworkParams) -> Tensor:
+    """The authors' step 3 as published: ``PCA(min(50, N, D))`` and ``TSNE(n_components=2)`` of
+    scikit-learn, both seeded with ``params.seed``, every other argument at scikit-learn's default.
+    Only for layers with ``N ≤ perplexity`` (which scikit-learn refuses) is the perplexity lowered to
+    ``(N − 1) / 3``."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    x = features.detach().cpu().numpy()
+    n, d = x.shape
+    k = min(params.pca_components, n, d)
+    reduced = PCA(n_components=k, random_state=params.seed).fit_transform(x) if k > 0 else x[:, :0]
+    if n < 4:
+        return torch.from_numpy(np.asarray(reduced, dtype=np.float64))
+    perplexity = params.tsne.perplexity if n > params.tsne.perplexity else effective_perplexity(params.tsne.perplexity, n)
+    out = TSNE(n_components=2, random_state=params.seed, perplexity=perplexity).fit_transform(reduced)
+    return torch.from_numpy(np.asarray(out, dtype=np.float64))
 
 
 @contextmanager
@@ -184,16 +210,16 @@ def explain_layer(
     t0 = time.perf_counter()
     k_total, h, w = activation.shape
     weights = C.channel_weights(activation, gradient)
-    kept = C.prune_channels(weights, params.prune_factor)
+    kept = C.prune_channels(weights, params.prune_factor, params.prune_rule)
     if kept.numel() == 0:
         return LayerResult(name, k_total, (h, w), weights.cpu().numpy(), kept.cpu().numpy(),
                            np.zeros(0, dtype=np.int64), 0, None, None, [], time.perf_counter() - t0)
-    maps = C.minmax_rows(activation[kept].float().flatten(1))  # [N, h*w]
+    maps = C.minmax_rows(activation[kept].float().flatten(1))  # [N, h*w], what is clustered
     points = embed(maps, params)
     clus = C.best_ward(points, params.k_min, params.k_max)
     kw = weights[kept]
-    maps3 = maps.view(-1, h, w)
-    found = kept_cluster_maps(maps3, kw, clus.labels, params)
+    source = map_source(activation[kept].float(), maps.view(-1, h, w), params)
+    found = kept_cluster_maps(source, kw, clus.labels, params)
     clusters: list[ClusterResult] = []
     for rank, (members, weight, fmap) in enumerate(found):
         imap = C.finish_map(fmap, image_size, params.smooth_sigma)
@@ -208,17 +234,24 @@ def explain_layer(
         )
     stability = map_stability = None
     if params.stability_runs > 0 and clus.k > 1:
-        stability, map_stability = clustering_stability(maps3, kw, clus.labels, found, params)
+        stability, map_stability = clustering_stability(maps, source, kw, clus.labels, found, params)
     emb = None if clus.embedding is None else clus.embedding.detach().cpu().numpy()
     return LayerResult(name, k_total, (h, w), weights.cpu().numpy(), kept.cpu().numpy(), clus.labels, clus.k,
                        clus.silhouette, emb, clusters, time.perf_counter() - t0, stability, map_stability)
 
 
+def map_source(raw: Tensor, normalized: Tensor, params: NetworkParams) -> Tensor:
+    """The ``[N, h, w]`` maps a cluster map averages: the raw activations (``cluster_map_rule="raw"``,
+    the authors' rule) or the min-max normalised ones (``"normalized"``)."""
+    return raw if params.cluster_map_rule == "raw" else normalized
+
+
 def kept_cluster_maps(
     maps: Tensor, weights: Tensor, labels: np.ndarray, params: NetworkParams
 ) -> list[tuple[Tensor, float, Tensor]]:
-    """Steps 4–5 at feature resolution: ``(members, w_C, min-max normalised M_C)`` for every cluster
-    that survives the dropping rule, heaviest first. ``maps`` ``[N, h, w]``, ``weights`` ``[N]``."""
+    """Steps 4–5 at feature resolution: ``(members, w_C, minmax(Σ_{k∈C} w_k maps_k / Σ_{k∈C} w_k))`` for
+    every cluster that survives the dropping rule, heaviest first. ``maps`` ``[N, h, w]`` (see
+    :func:`map_source`), ``weights`` ``[N]``."""
     wc = C.cluster_weights(weights, labels)
     order = C.keep_clusters(wc, params.drop_max_ratio, params.drop_mean_ratio)
     labels_t = torch.from_numpy(labels).to(weights.device)
@@ -244,6 +277,7 @@ def perturbed_labels(features: Tensor, params: NetworkParams) -> list[np.ndarray
 
 
 def clustering_stability(
+    features: Tensor,
     maps: Tensor,
     weights: Tensor,
     labels: np.ndarray,
@@ -252,7 +286,8 @@ def clustering_stability(
 ) -> tuple[float, float]:
     """How much a layer's clustering moves under a perturbation the size of floating-point noise.
 
-    The kept maps ``maps`` ``[N, h, w]`` are re-clustered by :func:`perturbed_labels` (same mode).
+    The clustered features ``features`` ``[N, D]`` are re-clustered by :func:`perturbed_labels` (same
+    mode) and the cluster maps rebuilt from ``maps`` ``[N, h, w]`` (:func:`map_source`).
     Returns the mean adjusted Rand index between ``labels`` and the re-clusterings, and the mean
     :func:`~featurelens.network.clustering.map_agreement` between the kept cluster maps ``found`` and
     those of each re-clustering (built from the UNperturbed maps, so only the memberships differ).
@@ -264,7 +299,7 @@ def clustering_stability(
     ref_maps = torch.stack([f for _, _, f in found]) if found else maps[:0]
     ref_w = torch.tensor([w for _, w, _ in found], dtype=torch.float64)
     aris, agreements = [], []
-    for relabel in perturbed_labels(maps.flatten(1), params):
+    for relabel in perturbed_labels(features, params):
         aris.append(float(adjusted_rand_score(labels, relabel)))
         other = kept_cluster_maps(maps, weights, relabel, params)
         other_maps = torch.stack([f for _, _, f in other]) if other else maps[:0]
@@ -285,6 +320,15 @@ def deletion_masks(maps: Tensor, fraction: float) -> Tensor:
     return mask.view_as(maps)
 
 
+def effect_baseline(x: Tensor, params: NetworkParams) -> Tensor:
+    """What deleted pixels of one image ``x`` ``[1, C, H, W]`` become: a blurred copy or zeros."""
+    if params.effect_baseline == "blur":
+        return C.gaussian_blur(x[0], params.effect_blur_sigma)[None]
+    if params.effect_baseline == "constant":
+        return torch.zeros_like(x)
+    raise FeaturelensError(f"unknown effect baseline {params.effect_baseline!r}; use 'blur' or 'constant'")
+
+
 def cluster_effects(
     model: nn.Module,
     x: Tensor,
@@ -296,21 +340,48 @@ def cluster_effects(
     and maps ``[N, H, W]``; the deleted pixels take a blurred copy of ``x`` or zeros. Batched."""
     if maps.numel() == 0:
         return torch.zeros(0)
-    if params.effect_baseline == "blur":
-        base = C.gaussian_blur(x[0], params.effect_blur_sigma)[None]
-    elif params.effect_baseline == "constant":
-        base = torch.zeros_like(x)
-    else:
-        raise FeaturelensError(f"unknown effect baseline {params.effect_baseline!r}; use 'blur' or 'constant'")
-    masks = deletion_masks(maps.to(x.device), params.effect_fraction)[:, None]
     with torch.no_grad():
         s0 = evaluate_target(target, model(x), 1)
-        drops = []
-        for i in range(0, masks.shape[0], params.effect_batch):
-            m = masks[i: i + params.effect_batch]
-            xd = x * (1 - m) + base * m
-            drops.append(s0 - evaluate_target(target, model(xd), m.shape[0]))
-    return torch.cat(drops).cpu()
+    return batched_effects(model, x, [target], s0, [maps], params)[0]
+
+
+def batched_effects(
+    model: nn.Module,
+    x: Tensor,
+    targets: Sequence[Callable[[Tensor], Tensor]],
+    base_scores: Tensor,
+    maps: Sequence[Tensor],
+    params: NetworkParams,
+) -> list[Tensor]:
+    """Deletion effects of every image of ``x`` ``[B, C, H, W]`` at once: ``maps[b]`` ``[N_b, H, W]``,
+    ``targets[b]`` its row target, ``base_scores[b]`` its score ``s(x_b)`` (already at hand from the
+    capture pass). All deleted variants run through the model together, ``effect_batch`` at a time;
+    within an image, clusters whose deletion masks are identical share one forward pass."""
+    jobs: list[tuple[int, Tensor]] = []  # (image, mask [1, H, W]) of each unique deletion
+    where: list[list[int]] = []  # per image: the job of each of its maps
+    bases = []
+    for b, m in enumerate(maps):
+        bases.append(effect_baseline(x[b: b + 1], params)[0] if m.numel() else None)
+        masks = deletion_masks(m.to(x.device), params.effect_fraction) if m.numel() else m
+        seen: dict[bytes, int] = {}
+        idx = []
+        for mask in masks:
+            key = mask.to(torch.bool).cpu().numpy().tobytes()
+            if key not in seen:
+                seen[key] = len(jobs)
+                jobs.append((b, mask[None]))
+            idx.append(seen[key])
+        where.append(idx)
+    drops = torch.zeros(len(jobs))
+    with torch.no_grad():
+        for start in range(0, len(jobs), params.effect_batch):
+            chunk = jobs[start: start + params.effect_batch]
+            xd = torch.stack([x[b] * (1 - m) + bases[b] * m for b, m in chunk])
+            out = model(xd)
+            for i, (b, _) in enumerate(chunk):
+                score = evaluate_target(targets[b], out[i: i + 1], 1)
+                drops[start + i] = float(base_scores[b]) - float(score[0])
+    return [drops[torch.tensor(idx, dtype=torch.long)] if idx else torch.zeros(0) for idx in where]
 
 
 class _RowTarget:
@@ -332,55 +403,78 @@ class _RowTarget:
 def explain_network(
     model: nn.Module,
     x: Tensor,
-    layers: Sequence[str],
+    layers: Sequence[str | Unit],
     target: TargetLike = None,
     params: NetworkParams | None = None,
     *,
     progress: Callable[[int], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[ImageResult]:
     """Network explanation of every image of ``x`` ``[B, C, H, W]`` at every layer of ``layers``.
 
-    One forward and one backward pass capture all layers; then each image's layers are clustered
-    (``params.workers`` threads), and, with ``params.effect``, each cluster's deletion effect is
-    measured. ``progress(n)`` is called after each ``n`` finished (image, layer) pairs.
+    ``layers``: units (:class:`featurelens.network.layers.Unit`) or their names (``module`` or
+    ``module@call``; a plain module name means its last call). One forward and one backward pass
+    capture all layers; then each image's layers are clustered (``params.workers`` threads), and,
+    with ``params.effect``, each cluster's deletion effect is measured (:func:`batched_effects`).
+    ``progress(n)`` is called after each ``n`` finished (image, layer) pairs; ``timings`` (if given)
+    accumulates the seconds spent in ``"capture"``, ``"clustering"`` and ``"effects"``.
     """
     params = params or NetworkParams()
+    timings = timings if timings is not None else {}
     if x.ndim != 4 or x.shape[0] == 0:
         raise FeaturelensError(f"expected a non-empty [B, C, H, W] batch, got shape {tuple(x.shape)}")
     if not layers:
         raise FeaturelensError("no layer to explain")
+    calls = {}
+    for layer in layers:
+        calls[layer.name if isinstance(layer, Unit) else layer] = (
+            (layer.module, layer.call) if isinstance(layer, Unit) else unit_call(layer))
+    names = list(calls)
+    modules = list(dict.fromkeys(m for m, _ in calls.values()))
     tgt = as_target(target)
     size = (int(x.shape[2]), int(x.shape[3]))
-    with Capture(model, list(layers)) as cap:
+    t0 = time.perf_counter()
+    with Capture(model, modules) as cap:
         out = cap.forward(x)
         scores = evaluate_target(tgt, out, x.shape[0])
         grads = cap.gradients(scores)
-        acts = {n: cap.activations[n][-1].detach() for n in layers}
-    grads_last = {n: grads[n][-1] for n in layers}
+        acts = {n: cap.activations[m][c].detach() for n, (m, c) in calls.items()}
+        grads_of = {n: grads[m][c] for n, (m, c) in calls.items()}
     indices = target_indices(tgt, out.detach()) if isinstance(out, Tensor) and out.ndim == 2 else None
+    scores = scores.detach()
+    _add(timings, "capture", time.perf_counter() - t0)
     results: list[ImageResult] = []
+    t0 = time.perf_counter()
     for b in range(x.shape[0]):
 
         def job(name: str, b: int = b) -> LayerResult:
-            r = explain_layer(name, acts[name][b], grads_last[name][b], size, params)
+            r = explain_layer(name, acts[name][b], grads_of[name][b], size, params)
             if progress is not None:
                 progress(1)
             return r
 
         with _single_threaded_torch():
-            if params.workers > 1 and len(layers) > 1:
+            if params.workers > 1 and len(names) > 1:
                 with ThreadPoolExecutor(max_workers=params.workers) as pool:
-                    layer_results = list(pool.map(job, layers))
+                    layer_results = list(pool.map(job, names))
             else:
-                layer_results = [job(n) for n in layers]
+                layer_results = [job(n) for n in names]
         idx = None if indices is None else int(indices[b])
-        img = ImageResult(b, idx, float(scores[b].detach()), layer_results)
-        if params.effect:
-            all_clusters = [c for lr in layer_results for c in lr.clusters]
-            if all_clusters:
-                maps = torch.from_numpy(np.stack([c.image_map for c in all_clusters]))
-                effects = cluster_effects(model, x[b: b + 1].detach(), _RowTarget(tgt, idx), maps, params)
-                for c, e in zip(all_clusters, effects.tolist()):
-                    c.effect = float(e)
-        results.append(img)
+        results.append(ImageResult(b, idx, float(scores[b]), layer_results))
+    _add(timings, "clustering", time.perf_counter() - t0)
+    if params.effect:
+        t0 = time.perf_counter()
+        per_image = [[c for lr in r.layers for c in lr.clusters] for r in results]
+        maps = [torch.from_numpy(np.stack([c.image_map for c in cl])) if cl else torch.zeros(0, *size)
+                for cl in per_image]
+        row_targets = [_RowTarget(tgt, r.predicted_index) for r in results]
+        effects = batched_effects(model, x.detach(), row_targets, scores, maps, params)
+        for cl, eff in zip(per_image, effects):
+            for c, e in zip(cl, eff.tolist()):
+                c.effect = float(e)
+        _add(timings, "effects", time.perf_counter() - t0)
     return results
+
+
+def _add(timings: dict[str, float], key: str, seconds: float) -> None:
+    timings[key] = timings.get(key, 0.0) + seconds
