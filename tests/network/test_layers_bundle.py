@@ -59,10 +59,10 @@ def test_explain_network_handles_a_tiny_cnn_and_zero_gradients(tiny_cnn, tiny_in
 @pytest.mark.slow
 def test_bundle_round_trip_is_deterministic_and_valid(lite0, photos, tmp_path):
     images = {k: photos[k] for k in ("chelsea", "coffee")}
-    params = NetworkParams(mode="faithful")
+    params = NetworkParams()  # the default mode and rules
     layers = ["blocks.15.project", "head"]  # a conv with no activation (raw output) and an activated one
     b1 = build_bundle(lite0, images, tmp_path / "a", layers=layers, params=params, labels={"chelsea": "cat"})
-    no_effect = NetworkParams(mode="faithful", effect=False)  # the effect is a plain forward; skip it twice
+    no_effect = NetworkParams(effect=False)  # the effect is a plain forward; skip it twice
     b2 = build_bundle(lite0, images, tmp_path / "b", layers=layers, params=no_effect, labels={"chelsea": "cat"})
     assert validate_bundle(tmp_path / "a") == []
     d1 = json.loads((tmp_path / "a" / "bundle.json").read_text())
@@ -85,7 +85,7 @@ def test_bundle_round_trip_is_deterministic_and_valid(lite0, photos, tmp_path):
     assert [s["name"] for s in chelsea.layer_stats] == ["blocks.15.project.conv", "head.act"]
     assert [(la.name, la.activation, la.conv) for la in loaded.layers] == [
         ("blocks.15.project.conv", None, "blocks.15.project.conv"), ("head.act", "ReLU6", "head.conv")]
-    assert loaded.version == 2 and loaded.method == {"mode": "faithful", "prune_rule": "paper",
+    assert loaded.version == 2 and loaded.method == {"mode": params.mode, "prune_rule": "paper",
                                                      "cluster_map_rule": "raw", "smooth_sigma": None}
     assert all(isinstance(s["kept_channels"], int) and s["kept_channels"] > 0 for s in chelsea.layer_stats)
     for layer in ("blocks.15.project.conv", "head.act"):

@@ -300,6 +300,38 @@ def test_deletion_masks_cover_the_requested_fraction():
     assert m.sum((1, 2)).tolist() == [20.0, 20.0, 20.0]
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batched_effects_match_one_forward_per_cluster(tiny_cnn, tiny_input, channels_last):
+    from featurelens.network.pipeline import batched_effects
+    from featurelens.targets import ClassTarget
+
+    g = torch.Generator().manual_seed(4)
+    h, w = tiny_input.shape[2:]
+    maps = [torch.rand(n, h, w, generator=g) for n in (3, 0, 4)]
+    maps[2][3] = maps[2][1] * 2.0  # same ranking -> the same deletion mask, run once
+    classes = [1, 0, 4]
+    params = NetworkParams(effect_fraction=0.3, effect_batch=2, effect_channels_last=channels_last)
+    with torch.no_grad():
+        base_scores = tiny_cnn(tiny_input)[torch.arange(3), torch.tensor(classes)]
+    got = batched_effects(tiny_cnn, tiny_input, [ClassTarget(c) for c in classes], base_scores, maps, params)
+    assert [e.shape[0] for e in got] == [3, 0, 4]
+    n_top = round(0.3 * h * w)
+    for b in range(3):
+        blurred = C.gaussian_blur(tiny_input[b], params.effect_blur_sigma)
+        for i in range(maps[b].shape[0]):
+            flat = maps[b][i].flatten()
+            mask = torch.zeros(h * w)
+            for j in sorted(range(h * w), key=lambda j: (-float(flat[j]), j))[:n_top]:  # top pixels, ties by position
+                mask[j] = 1.0
+            mask = mask.view(1, h, w)
+            xd = tiny_input[b] * (1 - mask) + blurred * mask
+            with torch.no_grad():
+                expect = float(base_scores[b]) - float(tiny_cnn(xd[None])[0, classes[b]])
+            assert math.isclose(float(got[b][i]), expect, rel_tol=1e-5, abs_tol=1e-5)
+    assert math.isclose(float(got[2][3]), float(got[2][1]), rel_tol=0, abs_tol=0)
+    assert all(p.is_contiguous() for p in tiny_cnn.parameters())  # the model's format is restored
+
+
 # -- stability of a layer's clustering ----------------------------------------
 def test_map_agreement_matches_explicit_formula():
     g = torch.Generator().manual_seed(11)

@@ -14,7 +14,7 @@ from featurelens.errors import FeaturelensError
 from featurelens.imaging import as_pil
 from featurelens.network.bundle import Bundle, BundleWriter, safe_name
 from featurelens.network.layers import Unit, resolve_units
-from featurelens.network.pipeline import NetworkParams, explain_network
+from featurelens.network.pipeline import NetworkParams, add_timing, explain_network
 from featurelens.targets import ClassTarget, Predicted, TargetLike, as_target
 
 ImageLike = str | Path | Image.Image
@@ -121,7 +121,7 @@ def build_bundle(
         pils = [as_pil(im) for _, _, im in chunk]
         x = spec.prepare(pils)
         results = explain_network(spec.model, x, units, tgt, params, progress=progress, timings=timings)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for (image_id, source, _), pil, res in zip(chunk, pils, results):
             for name in layer_list:
                 lr = next(r for r in res.layers if r.name == name)
@@ -150,8 +150,9 @@ def build_bundle(
                         effect=c.effect,
                         index=c.index,
                     )
-        timings["writing"] = timings.get("writing", 0.0) + time.perf_counter() - t0
-    t0 = time.perf_counter()
+        add_timing(timings, "writing", t0, c0)
+    t0, c0 = time.perf_counter(), time.process_time()
     bundle = writer.close()
-    timings["writing"] = timings.get("writing", 0.0) + time.perf_counter() - t0
+    add_timing(timings, "writing", t0, c0)
     return bundle
+

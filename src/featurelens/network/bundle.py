@@ -538,10 +538,10 @@ class BundleWriter:
         (self.root / folder).mkdir(parents=True, exist_ok=True)
         npy, png, ov = f"{folder}/{index}.npy", f"{folder}/{index}.png", f"{folder}/{index}_overlay.png"
         np.save(self.root / npy, np.asarray(feature_map, dtype=np.float32))
-        Image.fromarray(_to_uint8(image_map), mode="L").save(self.root / png)
+        Image.fromarray(_to_uint8(image_map), mode="L").save(self.root / png, compress_level=1)
         Image.fromarray(
             overlay(self._rgb[image_id], image_map, alpha=self.overlay_alpha, colormap=self.colormap)
-        ).save(self.root / ov)
+        ).save(self.root / ov, compress_level=1)
         cluster = Cluster(
             id=f"{image_id}/{layer}/{index}",
             layer=layer,

@@ -79,6 +79,7 @@ class NetworkParams:
     effect_baseline: Literal["blur", "constant"] = "blur"
     effect_blur_sigma: float = 8.0
     effect_batch: int = 32
+    effect_channels_last: bool = True  # run the effect forwards in channels-last memory format (about 2x on CPU)
     workers: int = 2
     seed: int = 432
     stability_runs: int = 0
@@ -373,15 +374,30 @@ def batched_effects(
             idx.append(seen[key])
         where.append(idx)
     drops = torch.zeros(len(jobs))
-    with torch.no_grad():
+    with torch.no_grad(), _memory_format(model, params.effect_channels_last and x.ndim == 4) as fmt:
         for start in range(0, len(jobs), params.effect_batch):
             chunk = jobs[start: start + params.effect_batch]
-            xd = torch.stack([x[b] * (1 - m) + bases[b] * m for b, m in chunk])
+            xd = torch.stack([x[b] * (1 - m) + bases[b] * m for b, m in chunk]).contiguous(memory_format=fmt)
             out = model(xd)
             for i, (b, _) in enumerate(chunk):
                 score = evaluate_target(targets[b], out[i: i + 1], 1)
                 drops[start + i] = float(base_scores[b]) - float(score[0])
     return [drops[torch.tensor(idx, dtype=torch.long)] if idx else torch.zeros(0) for idx in where]
+
+
+@contextmanager
+def _memory_format(model: nn.Module, channels_last: bool) -> Iterator[torch.memory_format]:
+    """Run ``model`` in channels-last format inside the block (4-D parameters converted and restored)."""
+    if not channels_last:
+        yield torch.contiguous_format
+        return
+    params = [p for p in model.parameters() if p.ndim == 4 and p.is_contiguous()]
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield torch.channels_last
+    finally:
+        for p in params:
+            p.data = p.data.contiguous()
 
 
 class _RowTarget:
@@ -433,7 +449,7 @@ def explain_network(
     modules = list(dict.fromkeys(m for m, _ in calls.values()))
     tgt = as_target(target)
     size = (int(x.shape[2]), int(x.shape[3]))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with Capture(model, modules) as cap:
         out = cap.forward(x)
         scores = evaluate_target(tgt, out, x.shape[0])
@@ -442,9 +458,9 @@ def explain_network(
         grads_of = {n: grads[m][c] for n, (m, c) in calls.items()}
     indices = target_indices(tgt, out.detach()) if isinstance(out, Tensor) and out.ndim == 2 else None
     scores = scores.detach()
-    _add(timings, "capture", time.perf_counter() - t0)
+    add_timing(timings, "capture", t0, c0)
     results: list[ImageResult] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for b in range(x.shape[0]):
 
         def job(name: str, b: int = b) -> LayerResult:
@@ -461,9 +477,9 @@ def explain_network(
                 layer_results = [job(n) for n in names]
         idx = None if indices is None else int(indices[b])
         results.append(ImageResult(b, idx, float(scores[b]), layer_results))
-    _add(timings, "clustering", time.perf_counter() - t0)
+    add_timing(timings, "clustering", t0, c0)
     if params.effect:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         per_image = [[c for lr in r.layers for c in lr.clusters] for r in results]
         maps = [torch.from_numpy(np.stack([c.image_map for c in cl])) if cl else torch.zeros(0, *size)
                 for cl in per_image]
@@ -472,9 +488,12 @@ def explain_network(
         for cl, eff in zip(per_image, effects):
             for c, e in zip(cl, eff.tolist()):
                 c.effect = float(e)
-        _add(timings, "effects", time.perf_counter() - t0)
+        add_timing(timings, "effects", t0, c0)
     return results
 
 
-def _add(timings: dict[str, float], key: str, seconds: float) -> None:
-    timings[key] = timings.get(key, 0.0) + seconds
+def add_timing(timings: dict[str, float], key: str, t0: float, c0: float) -> None:
+    """Add the wall and CPU seconds since ``t0`` (``perf_counter``) / ``c0`` (``process_time``) to
+    ``timings[key]`` and ``timings[key + "_cpu"]``."""
+    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+    timings[f"{key}_cpu"] = timings.get(f"{key}_cpu", 0.0) + time.process_time() - c0
