@@ -306,6 +306,7 @@ def test_batched_effects_match_one_forward_per_cluster(tiny_cnn, tiny_input, cha
     from featurelens.targets import ClassTarget
 
     g = torch.Generator().manual_seed(4)
+    before = {n: (p.data_ptr(), p.stride()) for n, p in tiny_cnn.named_parameters()}
     h, w = tiny_input.shape[2:]
     maps = [torch.rand(n, h, w, generator=g) for n in (3, 0, 4)]
     maps[2][3] = maps[2][1] * 2.0  # same ranking -> the same deletion mask, run once
@@ -329,7 +330,7 @@ def test_batched_effects_match_one_forward_per_cluster(tiny_cnn, tiny_input, cha
                 expect = float(base_scores[b]) - float(tiny_cnn(xd[None])[0, classes[b]])
             assert math.isclose(float(got[b][i]), expect, rel_tol=1e-5, abs_tol=1e-5)
     assert math.isclose(float(got[2][3]), float(got[2][1]), rel_tol=0, abs_tol=0)
-    assert all(p.is_contiguous() for p in tiny_cnn.parameters())  # the model's format is restored
+    assert {n: (p.data_ptr(), p.stride()) for n, p in tiny_cnn.named_parameters()} == before  # model restored
 
 
 # -- stability of a layer's clustering ----------------------------------------
@@ -369,7 +370,7 @@ def test_stability_is_one_for_separated_patterns():
 
 def test_stability_exposes_faithful_clusters_of_structureless_channels():
     g = torch.Generator().manual_seed(12)
-    maps = torch.rand(80, 7, 7, generator=g)  # i.i.d. noise: no cluster structure at all
+    maps = torch.rand(60, 7, 7, generator=g)  # i.i.d. noise: no cluster structure at all
     act, grad = _layer_inputs(maps)
     params = NetworkParams(mode="faithful", effect=False, stability_runs=4)
     r = explain_layer("l", act, grad, (28, 28), params)

@@ -174,18 +174,22 @@ def paper_embedding(features: Tensor, params: NetworkParams) -> Tensor:
     """The authors' step 3 as published: ``PCA(min(50, N, D))`` and ``TSNE(n_components=2)`` of
     scikit-learn, both seeded with ``params.seed``, every other argument at scikit-learn's default.
     Only for layers with ``N ≤ perplexity`` (which scikit-learn refuses) is the perplexity lowered to
-    ``(N − 1) / 3``."""
+    ``(N − 1) / 3``. BLAS and OpenMP run single-threaded here: the t-SNE descent is chaotic, so a
+    thread-count-dependent rounding would otherwise change the clusters from one run to the next."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     x = features.detach().cpu().numpy()
     n, d = x.shape
     k = min(params.pca_components, n, d)
-    reduced = PCA(n_components=k, random_state=params.seed).fit_transform(x) if k > 0 else x[:, :0]
-    if n < 4:
-        return torch.from_numpy(np.asarray(reduced, dtype=np.float64))
-    perplexity = params.tsne.perplexity if n > params.tsne.perplexity else effective_perplexity(params.tsne.perplexity, n)
-    out = TSNE(n_components=2, random_state=params.seed, perplexity=perplexity).fit_transform(reduced)
+    with threadpool_limits(1):
+        reduced = PCA(n_components=k, random_state=params.seed).fit_transform(x) if k > 0 else x[:, :0]
+        if n < 4:
+            return torch.from_numpy(np.asarray(reduced, dtype=np.float64))
+        perplexity = (params.tsne.perplexity if n > params.tsne.perplexity
+                      else effective_perplexity(params.tsne.perplexity, n))
+        out = TSNE(n_components=2, random_state=params.seed, perplexity=perplexity).fit_transform(reduced)
     return torch.from_numpy(np.asarray(out, dtype=np.float64))
 
 
@@ -391,13 +395,13 @@ def _memory_format(model: nn.Module, channels_last: bool) -> Iterator[torch.memo
     if not channels_last:
         yield torch.contiguous_format
         return
-    params = [p for p in model.parameters() if p.ndim == 4 and p.is_contiguous()]
+    saved = [(p, p.data) for p in model.parameters() if p.ndim == 4]
     model.to(memory_format=torch.channels_last)
     try:
         yield torch.channels_last
     finally:
-        for p in params:
-            p.data = p.data.contiguous()
+        for p, data in saved:  # the very tensors (and strides) the model had before
+            p.data = data
 
 
 class _RowTarget:
