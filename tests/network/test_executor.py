@@ -143,15 +143,11 @@ def broken_factory():
 
 # --- Ray ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
+def ray_local(ray_session):
     from ray import cloudpickle
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test instance only
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import the tests
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    return ray_session
 
 
 @pytest.fixture(scope="module")

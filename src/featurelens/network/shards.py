@@ -140,11 +140,12 @@ class ShardInfo:
     index_bytes: int
 
 
-def write_shard(root: str | Path, key: str, records: Sequence[ImageRecord], *, encoding: Encoding = "float16",
-                display_size: int = 256, quality: int = 88) -> ShardInfo:
-    """Write ``records`` as shard ``key`` under ``root`` (``<key>.npz`` then ``<key>.json``, each atomically).
+def encode_shard(key: str, records: Sequence[ImageRecord], *, encoding: Encoding = "float16",
+                 display_size: int = 256, quality: int = 88) -> tuple[bytes, bytes]:
+    """The bytes of shard ``key``: ``(npz, index JSON)``; :func:`write_encoded` puts them on disk.
 
-    Writing the same key again replaces the shard whole, so a retried batch is never stored twice.
+    Encoding and writing are apart so that a worker on another machine can encode its shard and hand
+    the bytes to the driver when the bundle folder is not on shared storage.
     """
     if not _KEY.match(key):
         raise BundleError(f"shard key {key!r} must be 1-64 letters, digits, '_' or '-'")
@@ -153,8 +154,6 @@ def write_shard(root: str | Path, key: str, records: Sequence[ImageRecord], *, e
     ids = [r.image_id for r in records]
     if len(set(ids)) != len(ids):
         raise BundleError(f"shard {key}: an image id is given twice")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
     entries = []
     for n, rec in enumerate(records):
@@ -180,10 +179,29 @@ def write_shard(root: str | Path, key: str, records: Sequence[ImageRecord], *, e
         "npz": f"{key}.npz", "npz_bytes": len(npz), "npz_sha256": hashlib.sha256(npz).hexdigest(),
         "images": entries,
     }
-    text = json.dumps(index, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return npz, json.dumps(index, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def write_encoded(root: str | Path, key: str, npz: bytes, index: bytes) -> ShardInfo:
+    """Put an encoded shard on disk: ``<key>.npz`` then ``<key>.json``, each atomically, the index last."""
+    if not _KEY.match(key):
+        raise BundleError(f"shard key {key!r} must be 1-64 letters, digits, '_' or '-'")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ids = tuple(e["id"] for e in json.loads(index)["images"])
     _atomic_write(root / f"{key}.npz", npz)
-    _atomic_write(root / f"{key}.json", text)  # last: the shard exists once its index does
-    return ShardInfo(key, tuple(ids), len(npz), len(text))
+    _atomic_write(root / f"{key}.json", index)  # last: the shard exists once its index does
+    return ShardInfo(key, ids, len(npz), len(index))
+
+
+def write_shard(root: str | Path, key: str, records: Sequence[ImageRecord], *, encoding: Encoding = "float16",
+                display_size: int = 256, quality: int = 88) -> ShardInfo:
+    """Encode ``records`` and write them as shard ``key`` under ``root`` (see :func:`encode_shard`).
+
+    Writing the same key again replaces the shard whole, so a retried batch is never stored twice.
+    """
+    npz, index = encode_shard(key, records, encoding=encoding, display_size=display_size, quality=quality)
+    return write_encoded(root, key, npz, index)
 
 
 # ---------------------------------------------------------------------------
