@@ -207,3 +207,64 @@ def test_ray_errors_exception_not_retried_and_dying_batch_gives_up(ray_local, it
     with pytest.raises(ExecutorError, match=r"batch 0 .* failed 2 times: its worker died"):
         RayExecutor(workers=1, max_retries=1).run(items[:3], make_state, always_die, lambda b, r: None,
                                                   batch_size=3)
+
+
+JOIN = """
+import json, os, sys
+from featurelens.network.executor import RayExecutor
+got = {}
+
+def where():
+    import ray
+    return os.getpid(), ray.get_runtime_context().gcs_address
+
+stats = RayExecutor(workers=2, address=sys.argv[1]).run(
+    [(str(i), i) for i in range(10)], where, lambda w, b: [(p * p, *w) for p in b.payloads],
+    lambda b, r: got.update(zip(b.ids, r)), batch_size=3)
+print(json.dumps({"images": stats.images, "squares": [got[str(i)][0] for i in range(10)],
+                  "pids": sorted({v[1] for v in got.values()}), "gcs": sorted({v[2] for v in got.values()}),
+                  "driver": os.getpid()}))
+"""
+
+
+@pytest.mark.slow
+def test_ray_joins_an_existing_cluster_by_address(tmp_path):
+    """`ray start --head` in its own process group, then a driver that joins it with address=..."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    pytest.importorskip("ray")
+    ray_bin = Path(sys.executable).with_name("ray")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": os.pathsep.join(sys.path)}
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats"], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:  # wait for the head's GCS port
+            assert head.poll() is None, "ray start --head exited"
+            with socket.socket() as c:
+                if c.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.time() < deadline, "the Ray head did not start"
+            time.sleep(0.5)
+        out = subprocess.run([sys.executable, "-c", JOIN, f"127.0.0.1:{port}"], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        assert res["images"] == 10 and res["squares"] == [i * i for i in range(10)]
+        assert len(res["pids"]) == 2 and res["driver"] not in res["pids"]
+        assert len(res["gcs"]) == 1 and res["gcs"][0].endswith(f":{port}")  # workers of the cluster we started
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # our own head's process group only
+        try:
+            head.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)

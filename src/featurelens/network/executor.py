@@ -284,8 +284,12 @@ class RayExecutor:
                     cause = exc.as_instanceof_cause()
                     raise cause from None
                 except died as exc:
-                    if "creation task" in str(exc):  # the actor could not even be built (e.g. unpicklable)
-                        raise ExecutorError(f"a Ray worker could not start: {_first_line(exc)}") from None
+                    if "creation task" in str(exc):  # the actor could not even be built
+                        hint = ""
+                        if "No module named" in str(exc) or "failed to import" in str(exc):
+                            hint = ("; the worker cannot import featurelens: install the same featurelens "
+                                    "version on every machine of the cluster")
+                        raise ExecutorError(f"a Ray worker could not start: {_first_line(exc)}{hint}") from None
                     if attempts[batch.index] > self.max_retries:
                         raise ExecutorError(
                             f"batch {batch.index} ({', '.join(batch.ids[:3])}{' ...' * (len(batch) > 3)}) "
