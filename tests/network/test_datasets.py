@@ -92,6 +92,7 @@ def test_csv_paths_relative_to_csv_and_bad_rows(tmp_path, small_photos):
         ("imgs/a.jpg", "tabby cat"), ("imgs/b.png", "Coffee_Mug"), ((tmp_path / "outside.jpg").as_posix(), "zebra"),
     ]
     assert ds.items[0].path == d / "imgs" / "a.jpg"
+    assert ds.work_items()[0] == ("imgs/a.jpg", str(d / "imgs" / "a.jpg"))
     assert [(s.where.rsplit(":", 1)[-1], s.reason) for s in ds.skipped] == [
         ("6", "imgs/a.jpg is listed twice (first on line 2)"),
         ("7", "imgs/missing.jpg: file not found"),

@@ -24,7 +24,7 @@ import csv
 import re
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -73,6 +73,10 @@ class Dataset:
     def labels(self) -> list[str]:
         """The distinct labels, sorted (empty for unlabelled datasets)."""
         return sorted({it.label for it in self.items if it.label is not None})
+
+    def work_items(self) -> list[tuple[str, str]]:
+        """``(image_id, path)`` pairs, the items :mod:`featurelens.network.executor` runs over."""
+        return [(it.image_id, str(it.path)) for it in self.items]
 
     def counts(self) -> dict[str | None, int]:
         """Images per label."""
@@ -165,26 +169,31 @@ def read_folder_tree(root: str | Path) -> Dataset:
 _HEADER_PATH = {"path", "file", "filename", "image", "image_path"}
 
 
+def csv_rows(path: Path, what: str) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, stripped cells)`` of a UTF-8 CSV (a BOM is allowed), without blank and ``#`` lines."""
+    if not path.is_file():
+        raise FeaturelensError(f"{path}: {what} not found")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FeaturelensError(f"{path}: not a readable CSV file ({exc})") from None
+    for lineno, row in enumerate(rows, start=1):
+        cells = [c.strip() for c in row]
+        if any(cells) and not cells[0].startswith("#"):
+            yield lineno, cells
+
+
 def read_csv_dataset(csv_path: str | Path) -> Dataset:
     """A CSV of ``path,label`` rows (header optional; ``#`` comments and blank lines ignored). Paths are
     relative to the CSV's folder. Bad rows (too few columns, empty path or label, a path listed twice,
     a missing file) are skipped with their line number."""
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FeaturelensError(f"{csv_path}: CSV file not found")
     base = csv_path.parent
     items: list[DatasetItem] = []
     skipped: list[Skipped] = []
     first_line: dict[str, int] = {}
-    try:
-        with csv_path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise FeaturelensError(f"{csv_path}: not a readable CSV file ({exc})") from None
-    for lineno, row in enumerate(rows, start=1):
-        cells = [c.strip() for c in row]
-        if not any(cells) or cells[0].startswith("#"):
-            continue
+    for lineno, cells in csv_rows(csv_path, "CSV file"):
         where = f"{csv_path}:{lineno}"
         if lineno == 1 and cells[0].lower() in _HEADER_PATH:
             continue
@@ -365,22 +374,16 @@ def normalize_label(text: str) -> str:
 def read_class_map(path: str | Path) -> dict[str, str]:
     """A CSV ``label,class`` (header optional): dataset label → model class name or class index."""
     path = Path(path)
-    if not path.is_file():
-        raise FeaturelensError(f"{path}: class-map file not found")
     out: dict[str, str] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for lineno, row in enumerate(csv.reader(fh), start=1):
-            cells = [c.strip() for c in row]
-            if not any(cells) or cells[0].startswith("#"):
-                continue
-            if lineno == 1 and cells[0].lower() in ("label", "dataset_label") and len(cells) >= 2 \
-                    and cells[1].lower() in ("class", "model_class", "index"):
-                continue
-            if len(cells) < 2 or not cells[0] or not cells[1]:
-                raise FeaturelensError(f"{path}:{lineno}: expected 'label,class'")
-            if cells[0] in out and out[cells[0]] != cells[1]:
-                raise FeaturelensError(f"{path}:{lineno}: label {cells[0]!r} is mapped twice")
-            out[cells[0]] = cells[1]
+    for lineno, cells in csv_rows(path, "class-map file"):
+        if lineno == 1 and cells[0].lower() in ("label", "dataset_label") and len(cells) >= 2 \
+                and cells[1].lower() in ("class", "model_class", "index"):
+            continue
+        if len(cells) < 2 or not cells[0] or not cells[1]:
+            raise FeaturelensError(f"{path}:{lineno}: expected 'label,class'")
+        if cells[0] in out and out[cells[0]] != cells[1]:
+            raise FeaturelensError(f"{path}:{lineno}: label {cells[0]!r} is mapped twice")
+        out[cells[0]] = cells[1]
     return out
 
 
