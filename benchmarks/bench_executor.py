@@ -158,7 +158,7 @@ def main() -> None:
         record("in-process", stats, times)
 
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         print(f"ray start: {time.perf_counter() - t0:.1f} s")
         try:
             for workers in ([2] if args.quick else [1, 2]):

@@ -13,7 +13,7 @@ def ray_session():
     ``ray.cloudpickle.register_pickle_by_value`` so that the workers need not import the tests."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local test instance only
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

@@ -239,7 +239,8 @@ class RayExecutor:
             kwargs.pop("include_dashboard")
             ray.init(address=self.address, **kwargs)
         else:
-            ray.init(num_cpus=max(1, round(self.workers * self.cpus_per_worker)), **kwargs)
+            # "local": a new instance even if a `ray start` cluster on this machine left its address behind
+            ray.init(address="local", num_cpus=max(1, round(self.workers * self.cpus_per_worker)), **kwargs)
         return ray, True
 
     def run(self, items: Iterable[tuple[str, Any]], factory: Callable[[], Any], fn: BatchFn, sink: Sink, *,
