@@ -1,6 +1,7 @@
 """``featurelens labels process`` and ``featurelens report``: crowd labels → explanations → HTML.
 
-    featurelens labels process --bundle B --labels labels.csv [--model NAME] --out DIR
+    featurelens labels process --bundle B --labels labels.csv [--model NAME] [--group-by guessed|true]
+                               [--legacy] --out DIR
     featurelens report --bundle B --labels DIR --out report/
 
 Both work from the bundle and the game's export alone (the CNN is never loaded); ``labels process``
@@ -12,31 +13,36 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featurelens.labels.pipeline import LabelParams
+from featurelens.labels.pipeline import CHOICES, LabelParams
+from featurelens.labels.stopwords import STOP_LISTS
 
 
 def _process(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from featurelens.labels.group import GroupParams
     from featurelens.labels.io import read_labels
     from featurelens.labels.pipeline import process_labels
     from featurelens.labels.score import ScoreParams
+    from featurelens.labels.stopwords import stop_word_list
     from featurelens.network.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     records = read_labels(args.labels)
-    base = LabelParams()
+    base = LabelParams.legacy() if args.legacy else LabelParams()
+    chosen = {k: getattr(args, k) for k in CHOICES if getattr(args, k) is not None}
+    stop = stop_word_list(args.stop_words) if args.stop_words else base.group.stop_words
     params = replace(
         base,
         score=ScoreParams(step_penalty=args.step_penalty, wrong_divisor=args.wrong_divisor),
         group=replace(
-            GroupParams(),
+            base.group,
             single_group_distance=args.single_group_distance,
             context_weight=args.context_weight,
+            stop_words=stop,
         ),
         fix_typos=not args.no_typo_fix,
         top_labels_global=args.top,
+        **chosen,
     )
     print(
         f"processing {len(records)} label row(s) against {len(bundle.images)} image(s) ...", file=sys.stderr
@@ -77,7 +83,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="sentence-transformers model name or folder (default: offline all-MiniLM-L6-v2)",
+        help="any installed sentence-transformers model: a local folder or a name in the local Hugging Face "
+        "cache (default: the offline all-MiniLM-L6-v2; the authors used all-mpnet-base-v2)",
+    )
+    p.add_argument(
+        "--group-by",
+        dest="group_by",
+        choices=CHOICES["group_by"],
+        default=None,
+        help="group labels per guessed class (default; give-ups under the true class) or per true class",
+    )
+    p.add_argument("--merge", choices=CHOICES["merge"], default=None, help="how clusters merge (default transitive)")
+    p.add_argument(
+        "--merged-score", dest="merged_score", choices=CHOICES["merged_score"], default=None,
+        help="score of a merged cluster (default weighted-mean: Σ w·s / Σ w)",
+    )
+    p.add_argument(
+        "--global-from", dest="global_from", choices=CHOICES["global_from"], default=None,
+        help="global labels from the best labels of merged clusters (default) or from all labels",
+    )
+    p.add_argument("--trend", choices=CHOICES["trend"], default=None, help="trend rule (default mean-score)")
+    p.add_argument(
+        "--typo-scope", dest="typo_scope", choices=CHOICES["typo_scope"], default=None,
+        help="fix typos against the labels of the image's class (default) or of the grouping class",
+    )
+    p.add_argument(
+        "--stop-words", dest="stop_words", choices=STOP_LISTS, default=None,
+        help="stop-word list (default nltk+positional; sklearn = featurelens before issue 13)",
+    )
+    p.add_argument(
+        "--legacy", action="store_true",
+        help="featurelens's aggregation before issue 13 (options given explicitly still win)",
     )
     p.add_argument(
         "--out", required=True, help="output folder for labels.csv, scores.csv, groups.csv, labels.json"
