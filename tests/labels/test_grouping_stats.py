@@ -148,3 +148,25 @@ def test_export_v2_columns_and_old_exports(tmp_path, label_bundle, export, sbert
     assert not recs[0].known_correct
     out = process_labels(label_bundle, recs[:30], embedder=sbert)
     assert out.labels[0].seen_before
+
+
+def test_processed_folders_of_version_1_load_with_the_former_options(tmp_path, processed):
+    import json
+
+    from featurelens.labels.pipeline import load_processed
+
+    processed.save(tmp_path / "p")
+    data = json.loads((tmp_path / "p" / "labels.json").read_text())
+    assert data["version"] == 2 and data["map_stats"]
+    data["version"] = 1
+    for k in ("group_by", "merge", "merged_score", "global_from", "trend", "typo_scope", "strip_guessed_class"):
+        data["params"].pop(k)
+    data.pop("map_stats")
+    for r in data["labels"]:
+        for k in ("group_class", "seen_before", "q_percent"):
+            r.pop(k)
+    (tmp_path / "p" / "labels.json").write_text(json.dumps(data))
+    old = load_processed(tmp_path / "p")
+    assert (old.params.group_by, old.params.merge, old.params.merged_score, old.params.global_from,
+            old.params.trend) == ("true", "best-label", "sum", "all-labels", "share-slope")
+    assert old.map_stats == {} and old.scores == processed.scores
