@@ -73,6 +73,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+_CHOICE_HELP = {
+    "group_by": "group labels per guessed class (give-ups under the true class) or per true class",
+    "merge": "how clusters merge in local explanations",
+    "merged_score": "score of a merged cluster (weighted-mean: Σ w·s / Σ w)",
+    "global_from": "global labels from the best labels of merged clusters or from all labels",
+    "trend": "trend rule",
+    "typo_scope": "fix typos against the labels of the image's class or of the grouping class",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     d = LabelParams()
     labels = sub.add_parser("labels", help="turn crowd labels from the game into explanations")
@@ -86,27 +96,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="any installed sentence-transformers model: a local folder or a name in the local Hugging Face "
         "cache (default: the offline all-MiniLM-L6-v2; the authors used all-mpnet-base-v2)",
     )
-    p.add_argument(
-        "--group-by",
-        dest="group_by",
-        choices=CHOICES["group_by"],
-        default=None,
-        help="group labels per guessed class (default; give-ups under the true class) or per true class",
-    )
-    p.add_argument("--merge", choices=CHOICES["merge"], default=None, help="how clusters merge (default transitive)")
-    p.add_argument(
-        "--merged-score", dest="merged_score", choices=CHOICES["merged_score"], default=None,
-        help="score of a merged cluster (default weighted-mean: Σ w·s / Σ w)",
-    )
-    p.add_argument(
-        "--global-from", dest="global_from", choices=CHOICES["global_from"], default=None,
-        help="global labels from the best labels of merged clusters (default) or from all labels",
-    )
-    p.add_argument("--trend", choices=CHOICES["trend"], default=None, help="trend rule (default mean-score)")
-    p.add_argument(
-        "--typo-scope", dest="typo_scope", choices=CHOICES["typo_scope"], default=None,
-        help="fix typos against the labels of the image's class (default) or of the grouping class",
-    )
+    for name, what in _CHOICE_HELP.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"), dest=name, choices=CHOICES[name], default=None,
+            help=f"{what} (default {CHOICES[name][0]})",
+        )
     p.add_argument(
         "--stop-words", dest="stop_words", choices=STOP_LISTS, default=None,
         help="stop-word list (default nltk+positional; sklearn = featurelens before issue 13)",
