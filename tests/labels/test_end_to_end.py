@@ -28,9 +28,19 @@ def test_bundle_game_export_labels_report(tmp_path, sbert):
 
     records = read_labels(export)  # the game's real export format
     processed = process_labels(bundle, records, embedder=sbert)
+    # export v2: every labelled map carries the game statistics of all its rounds, as the players answered
+    labelled = {r.cluster_id for r in records}
+    assert set(processed.map_stats) == labelled
+    for cid, st in processed.map_stats.items():
+        t = game["truth"][cid]
+        assert st.source == "export" and st.unknown == 0
+        assert (st.rounds, st.correct, st.wrong, st.gave_up) == (t["rounds"], t["correct"], t["wrong"], t["gave_up"])
+        assert st.mean_q == pytest.approx(t["mean_q"], abs=1e-3)
+    assert sum(t["gave_up"] for t in game["truth"].values()) > 0
     assert processed.counts["rows"] == len(records)
     assert processed.counts["unknown_image"] == processed.counts["unknown_cluster"] == 0
-    # every planted cluster is explained by its planted concept
+    # every planted cluster is explained by its planted concept (wrong guessers' labels are grouped under the
+    # guessed class; the cluster's best label is still the planted one)
     for im in bundle.images:
         plan = PLAN.get(im.true_class)
         for c in im.clusters:

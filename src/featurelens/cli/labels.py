@@ -1,6 +1,7 @@
 """``featurelens labels process`` and ``featurelens report``: crowd labels → explanations → HTML.
 
-    featurelens labels process --bundle B --labels labels.csv [--model NAME] --out DIR
+    featurelens labels process --bundle B --labels labels.csv [--model NAME] [--group-by guessed|true]
+                               [--legacy] --out DIR
     featurelens report --bundle B --labels DIR --out report/
 
 Both work from the bundle and the game's export alone (the CNN is never loaded); ``labels process``
@@ -12,31 +13,36 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featurelens.labels.pipeline import LabelParams
+from featurelens.labels.pipeline import CHOICES, LabelParams
+from featurelens.labels.stopwords import STOP_LISTS
 
 
 def _process(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from featurelens.labels.group import GroupParams
     from featurelens.labels.io import read_labels
     from featurelens.labels.pipeline import process_labels
     from featurelens.labels.score import ScoreParams
+    from featurelens.labels.stopwords import stop_word_list
     from featurelens.network.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     records = read_labels(args.labels)
-    base = LabelParams()
+    base = LabelParams.legacy() if args.legacy else LabelParams()
+    chosen = {k: getattr(args, k) for k in CHOICES if getattr(args, k) is not None}
+    stop = stop_word_list(args.stop_words) if args.stop_words else base.group.stop_words
     params = replace(
         base,
         score=ScoreParams(step_penalty=args.step_penalty, wrong_divisor=args.wrong_divisor),
         group=replace(
-            GroupParams(),
+            base.group,
             single_group_distance=args.single_group_distance,
             context_weight=args.context_weight,
+            stop_words=stop,
         ),
         fix_typos=not args.no_typo_fix,
         top_labels_global=args.top,
+        **chosen,
     )
     print(
         f"processing {len(records)} label row(s) against {len(bundle.images)} image(s) ...", file=sys.stderr
@@ -67,6 +73,16 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+_CHOICE_HELP = {
+    "group_by": "group labels per guessed class (give-ups under the true class) or per true class",
+    "merge": "how clusters merge in local explanations",
+    "merged_score": "score of a merged cluster (weighted-mean: Σ w·s / Σ w)",
+    "global_from": "global labels from the best labels of merged clusters or from all labels",
+    "trend": "trend rule",
+    "typo_scope": "fix typos against the labels of the image's class or of the grouping class",
+}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     d = LabelParams()
     labels = sub.add_parser("labels", help="turn crowd labels from the game into explanations")
@@ -77,7 +93,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=None,
-        help="sentence-transformers model name or folder (default: offline all-MiniLM-L6-v2)",
+        help="any installed sentence-transformers model: a local folder or a name in the local Hugging Face "
+        "cache (default: the offline all-MiniLM-L6-v2; the authors used all-mpnet-base-v2)",
+    )
+    for name, what in _CHOICE_HELP.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"), dest=name, choices=CHOICES[name], default=None,
+            help=f"{what} (default {CHOICES[name][0]})",
+        )
+    p.add_argument(
+        "--stop-words", dest="stop_words", choices=STOP_LISTS, default=None,
+        help="stop-word list (default nltk+positional; sklearn = featurelens before issue 13)",
+    )
+    p.add_argument(
+        "--legacy", action="store_true",
+        help="featurelens's aggregation before issue 13 (options given explicitly still win)",
     )
     p.add_argument(
         "--out", required=True, help="output folder for labels.csv, scores.csv, groups.csv, labels.json"

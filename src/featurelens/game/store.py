@@ -65,6 +65,8 @@ from featurelens.game.scoring import (
 EXPORT_COLUMNS = (
     "campaign", "player", "image_id", "layer", "cluster_id", "cluster_index", "reveal_step", "q_percent",
     "guessed_class", "true_class", "correct", "label", "created_at",
+    # export v2 (issue 13): the cluster map's game statistics over all its finished rounds (docs/game.md)
+    "map_rounds", "map_correct", "map_wrong", "map_gave_up", "map_unknown", "map_mean_q",
 )
 MAX_LABELS = 5
 MAX_LABEL_CHARS = 48
@@ -785,14 +787,43 @@ def _iso(t: dt.datetime | None) -> str:
     return "" if t is None else t.replace(tzinfo=dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _map_stats(s: Any, campaign_id: int) -> dict[int, dict[str, Any]]:
+    """cluster pk -> the ``map_*`` export columns over the map's finished rounds (with or without labels).
+
+    A round is gave up (status ``gave_up``), unknown (a guess whose correctness is unknown: a
+    ``seen_before`` round, once the rounds table has that column), correct or wrong; ``map_mean_q`` is
+    the mean of ``REVEAL_Q[reveal_step]`` at answer time.
+    """
+    seen = getattr(Round, "seen_before", None)
+    cols = [Round.cluster_pk, Round.status, Round.correct, Round.reveal_step]
+    rows = s.execute(select(*cols, *([seen] if seen is not None else []))
+                     .where(Round.campaign_id == campaign_id, Round.status != "open")).all()
+    out: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        st = out.setdefault(r[0], {"map_rounds": 0, "map_correct": 0, "map_wrong": 0, "map_gave_up": 0,
+                                   "map_unknown": 0, "_q": 0.0})
+        st["map_rounds"] += 1
+        st["_q"] += REVEAL_Q[int(r[3])]
+        if r[1] == "gave_up":
+            st["map_gave_up"] += 1
+        elif len(r) > 4 and r[4]:
+            st["map_unknown"] += 1
+        else:
+            st["map_correct" if r[2] else "map_wrong"] += 1
+    for st in out.values():
+        st["map_mean_q"] = round(st.pop("_q") / st["map_rounds"], 4)
+    return out
+
+
 def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
     """One row per label text, columns :data:`EXPORT_COLUMNS` (see docs/game.md)."""
     with db.read() as s:
         camp = _campaign(s, campaign)
+        stats = _map_stats(s, camp.id)
         rows = s.execute(
             select(Player.username, Image.image_key, Cluster.layer, Cluster.cluster_key, Cluster.cluster_index,
                    Round.reveal_step, Round.guessed_class, Image.true_class, Image.predicted_class, Round.correct,
-                   Label.text, Label.created_at)
+                   Label.text, Label.created_at, Cluster.id)
             .select_from(Label)
             .join(Round, Round.id == Label.round_id)
             .join(Player, Player.id == Label.player_id)
@@ -805,7 +836,7 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         {"campaign": camp.name, "player": r[0], "image_id": r[1], "layer": r[2], "cluster_id": r[3],
          "cluster_index": int(r[4]), "reveal_step": int(r[5]), "q_percent": REVEAL_Q[int(r[5])],
          "guessed_class": r[6] or "", "true_class": r[7] or r[8], "correct": bool(r[9]), "label": r[10],
-         "created_at": _iso(r[11])}
+         "created_at": _iso(r[11]), **stats[r[12]]}
         for r in rows
     ]
 

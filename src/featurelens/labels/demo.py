@@ -121,11 +121,14 @@ def play_campaign(
     campaign: str = "simulated",
     accuracy: float = 0.8,
     reveals: tuple[int, int] = (0, 3),
+    give_up_rate: float = 0.1,
     seed: int = 0,
     concepts: Callable[[Bundle], ConceptFn] = planted_concepts,
 ) -> tuple[Path, dict[str, Any]]:
     """Import the bundle into a fresh game (SQLite), let simulated players play through the HTTP API,
-    and download the export (CSV) through the admin API. Returns (export path, figures)."""
+    and download the export (CSV) through the admin API. Returns (export path, figures); ``figures["truth"]``
+    holds, per cluster map, the statistics of the acknowledged answers (rounds, correct, wrong, gave_up,
+    mean_q) to check the export's ``map_*`` columns against."""
     from starlette.testclient import TestClient
 
     from featurelens.game.app import create_app
@@ -155,6 +158,7 @@ def play_campaign(
                 f"sim-player-{i}",
                 accuracy=accuracy,
                 reveals=reveals,
+                give_up_rate=give_up_rate,
                 labels=planted_labeller(plan, seed * 1000 + i),
                 seed=seed * 1000 + i,
                 fetch_images=False,
@@ -178,6 +182,16 @@ def play_campaign(
             raise RuntimeError(f"game export failed: HTTP {r.status_code} {r.text[:300]}")
     export = work / "labels.csv"
     export.write_text(r.text, encoding="utf-8")
+    from featurelens.game.masks import REVEAL_Q
+
+    truth: dict[str, dict[str, float]] = {}
+    for sub in result.submissions:
+        t = truth.setdefault(sub.cluster_id, {"rounds": 0, "correct": 0, "wrong": 0, "gave_up": 0, "q": 0.0})
+        t["rounds"] += 1
+        t["q"] += REVEAL_Q[sub.reveal_step]
+        t["gave_up" if not sub.guessed_class else "correct" if sub.correct else "wrong"] += 1
+    for t in truth.values():
+        t["mean_q"] = t.pop("q") / t["rounds"]
     figures = {
         "maps": maps,
         "players": players,
@@ -187,6 +201,7 @@ def play_campaign(
         "errors": list(result.errors),
         "export_rows": max(0, len(r.text.strip().splitlines()) - 1),
         "seconds": round(time.perf_counter() - t0, 2),
+        "truth": truth,
     }
     return export, figures
 
@@ -252,7 +267,7 @@ def section(ctx: Any) -> Any:
     ctx.log("labels: SIMULATED players play the game through its HTTP API")
     export, game = play_campaign(bundle.root, out / "game", players=3 if ctx.quick else 6, concepts=concepts)
     ctx.log(f"labels: {game['export_rows']} exported label rows; processing with Sentence-BERT")
-    processed = process_labels(bundle, read_labels(export))
+    processed = process_labels(bundle, read_labels(export))  # the defaults: the authors' aggregation
     saved = processed.save(out / "processed")
     page = write_report(
         bundle, processed, out / "report", title="Labelled network explanations (SIMULATED players)"
@@ -269,9 +284,13 @@ def section(ctx: Any) -> Any:
     summary = {
         "simulated_players": True,
         "bundle": described,
-        **{k: v for k, v in game.items() if k != "errors"},
+        **{k: v for k, v in game.items() if k not in ("errors", "truth")},
         "game_errors": len(game["errors"]),
         **{k: v for k, v in processed.counts.items() if isinstance(v, int)},
+        "params": {k: getattr(processed.params, k) for k in ("group_by", "merge", "merged_score", "global_from",
+                                                             "trend", "typo_scope")},
+        "stop_words": len(processed.params.group.stop_words),
+        "maps_with_game_stats": sum(1 for st in processed.map_stats.values() if st.source == "export"),
     }
     return DemoSection(
         title="Crowd labels → explanations (SIMULATED players)", html=html, files=files, summary=summary

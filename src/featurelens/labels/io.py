@@ -7,7 +7,17 @@ The export contract (issue 6), columns in this order::
 
 ``correct`` is ``true``/``false``; ``reveal_step`` is the 0-based index into the reveal schedule
 q = 2, 4.5, 8, 13, 20, 30 %; ``cluster_id`` is the bundle's stable id ``<image_id>/<layer>/<index>``;
-one row per label text. Extra columns are kept; missing columns are an error that lists them all.
+one row per label text. Missing columns are an error that lists them all.
+
+Optional columns (absent in older exports; read when present, defaults otherwise):
+
+- export v2 (issue 13), the game statistics of the row's cluster map over all its finished rounds,
+  repeated on every row of that map: ``map_rounds, map_correct, map_wrong, map_gave_up, map_unknown,
+  map_mean_q`` (``map_unknown``: rounds whose correctness is unknown; ``map_mean_q``: mean revealed % at
+  answer time). Without them the statistics are computed from the label rows (rounds without labels
+  are then missing; the report says so).
+- issue 14b: ``seen_before`` (``true``: the player had already seen that image's photo, so whether the
+  guess was right is unknown; such rows never count as "guessed right") and ``language`` (label language).
 """
 
 from __future__ import annotations
@@ -37,6 +47,20 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "created_at",
 )
 
+#: export v2 (issue 13): per-cluster-map game statistics, repeated on each row of the map
+STATS_COLUMNS: tuple[str, ...] = (
+    "map_rounds",
+    "map_correct",
+    "map_wrong",
+    "map_gave_up",
+    "map_unknown",
+    "map_mean_q",
+)
+#: columns read when present (absent in older exports)
+OPTIONAL_COLUMNS: tuple[str, ...] = ("seen_before", "language", *STATS_COLUMNS)
+#: export contract versions: the columns each one adds up to
+EXPORT_VERSIONS: dict[int, tuple[str, ...]] = {1: EXPORT_COLUMNS, 2: EXPORT_COLUMNS + STATS_COLUMNS}
+
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n", ""}
 
@@ -63,20 +87,45 @@ class LabelRecord:
     correct: bool
     label: str
     created_at: str
+    seen_before: bool = False  # correctness unknown (the player had seen the photo before)
+    language: str = ""
+    map_rounds: int | None = None  # export v2: the cluster map's game statistics (None: old export)
+    map_correct: int | None = None
+    map_wrong: int | None = None
+    map_gave_up: int | None = None
+    map_unknown: int | None = None
+    map_mean_q: float | None = None
+
+    @property
+    def known_correct(self) -> bool:
+        """Guessed right, and known to be (``seen_before`` rows never count as right)."""
+        return self.correct and not self.seen_before
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("row", *EXPORT_COLUMNS)}
+        return {k: getattr(self, k) for k in ("row", *EXPORT_COLUMNS, *OPTIONAL_COLUMNS)}
 
 
-def _parse_bool(value: Any, where: str) -> bool:
+def _parse_bool(value: Any, where: str, column: str = "correct") -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    text = "" if value is None else str(value).strip().lower()
     if text in _TRUE:
         return True
     if text in _FALSE:
         return False
-    raise LabelsError(f"{where}: 'correct' must be true/false, got {value!r}")
+    raise LabelsError(f"{where}: {column!r} must be true/false, got {value!r}")
+
+
+def _optional_int(value: Any, column: str, where: str) -> int | None:
+    if value is None or str(value).strip() == "":
+        return None
+    return _parse_int(value, column, where)
+
+
+def _optional_float(value: Any, column: str, where: str) -> float | None:
+    if value is None or str(value).strip() == "":
+        return None
+    return _parse_float(value, column, where)
 
 
 def _parse_int(value: Any, column: str, where: str) -> int:
@@ -132,6 +181,10 @@ def records_from_rows(rows: list[dict[str, Any]], source: str = "labels") -> lis
                 correct=_parse_bool(r.get("correct", ""), where),
                 label="" if r.get("label") is None else str(r.get("label")),
                 created_at=str(r.get("created_at") or ""),
+                seen_before=_parse_bool(r.get("seen_before"), where, "seen_before"),
+                language=str(r.get("language") or ""),
+                **{c: _optional_int(r.get(c), c, where) for c in STATS_COLUMNS if c != "map_mean_q"},
+                map_mean_q=_optional_float(r.get("map_mean_q"), "map_mean_q", where),
             )
         )
     return out
@@ -177,16 +230,19 @@ def read_labels(path: str | Path) -> list[LabelRecord]:
     return records_from_rows(rows, source=str(path))
 
 
-def write_labels_csv(records: list[LabelRecord], path: str | Path) -> Path:
-    """Write records in the export format (used by tests and the demo for simulated exports)."""
+def write_labels_csv(records: list[LabelRecord], path: str | Path, version: int = 2) -> Path:
+    """Write records in the export format of ``version`` (1: the issue-6 columns only; 2: with the map
+    statistics and the optional ``seen_before``/``language``). Used by tests and for simulated exports."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(EXPORT_COLUMNS) if version == 1 else [*EXPORT_COLUMNS, *OPTIONAL_COLUMNS]
     with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(EXPORT_COLUMNS))
+        w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in records:
             d = r.to_dict()
             d.pop("row")
             d["correct"] = "true" if r.correct else "false"
-            w.writerow(d)
+            d["seen_before"] = "true" if r.seen_before else "false"
+            w.writerow({k: ("" if v is None else v) for k, v in d.items()})
     return path

@@ -3,13 +3,23 @@
 Steps (every constant in :class:`LabelParams`):
 
 1. match each row to the bundle (unknown images/clusters are counted and reported, never used);
-2. normalise (:mod:`~featurelens.labels.normalise`), dropping and counting labels left empty;
-3. optionally fix typos within a class (:func:`typo_map`): a word at Damerau–Levenshtein distance
+2. normalise (:mod:`~featurelens.labels.normalise`), stripping the true class name and the guessed one,
+   dropping and counting labels left empty;
+3. put each row in its *grouping class*: the player's guessed class (``group_by="guessed"``, the
+   authors': the guess is the context of what they typed; give-ups, which have no guess, go under the
+   true class), or the image's true class (``group_by="true"``, featurelens before issue 13);
+   optionally fix typos within the labels of one image class (``typo_scope="image"``; or of one grouping
+   class) (:func:`typo_map`): a word at Damerau–Levenshtein distance
    ≤ ``typo_max_edits`` from a word used ``typo_min_ratio`` times as often in the same class's labels (or an
    unknown word next to a known one used at least as often) is replaced by it;
-4. embed the class's unique label texts with Sentence-BERT and group them (:mod:`~featurelens.labels.group`);
+4. embed the grouping class's unique label texts with Sentence-BERT and group them (:mod:`~featurelens.labels.group`);
 5. name each group by its lemmatised representative word and merge groups sharing it;
-6. score each (cluster map, representative) pair (:mod:`~featurelens.labels.score`).
+6. score each (cluster map, representative) pair (:mod:`~featurelens.labels.score`); rows with
+   ``seen_before`` never count as "guessed right";
+7. read (or compute) each cluster map's game statistics (:mod:`~featurelens.labels.stats`).
+
+Scores, local and global explanations stay keyed by the image's class; only grouping and naming follow
+``group_by``.
 """
 
 from __future__ import annotations
@@ -29,10 +39,12 @@ from featurelens.labels.group import GroupParams, cluster_embeddings, representa
 from featurelens.labels.io import LabelRecord, LabelsError
 from featurelens.labels.normalise import NormaliseParams, normalise_label
 from featurelens.labels.score import ClusterScore, ScoreParams, label_score
+from featurelens.labels.stats import MapStats, map_stats
+from featurelens.labels.stopwords import stop_word_list
 from featurelens.network.bundle import Bundle
 
 FORMAT = "featurelens.processed-labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 (issue 13): group_class, seen_before, q_percent per label; map_stats; new params
 
 KEPT = "kept"
 EMPTY = "empty"
@@ -42,9 +54,39 @@ NO_CLASS = "no_class"
 STATUSES = (KEPT, EMPTY, UNKNOWN_IMAGE, UNKNOWN_CLUSTER, NO_CLASS)
 
 
+#: the named options of :class:`LabelParams` and their allowed values (the first is the default)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "group_by": ("guessed", "true"),
+    "merge": ("transitive", "best-label", "none"),
+    "merged_score": ("weighted-mean", "sum"),
+    "global_from": ("merged-best", "all-labels"),
+    "trend": ("mean-score", "share-slope"),
+    "typo_scope": ("image", "group"),
+}
+
+
 @dataclass(frozen=True)
 class LabelParams:
-    """All constants of the labels pipeline (paper-faithful defaults)."""
+    """All constants of the labels pipeline. The defaults follow the authors' label analysis; each former
+    featurelens behaviour is a named option (all of them at once: :meth:`legacy`):
+
+    - ``group_by``: ``"guessed"`` groups labels per guessed class (give-ups under the true class);
+      ``"true"`` per the image's true class.
+    - ``merge`` (local explanations): ``"transitive"`` merges clusters that share any best label, ties
+      included, transitively; ``"best-label"`` merges clusters with the same single best label (ties
+      broken alphabetically); ``"none"`` never merges.
+    - ``merged_score``: ``"weighted-mean"`` gives a merged cluster ``Σ_c w_c·s_c / Σ_c w_c`` per label;
+      ``"sum"`` gives ``Σ_c s_c``.
+    - ``global_from``: ``"merged-best"`` ranks a class's layer by the best labels of the merged clusters
+      only; ``"all-labels"`` sums every label of every (unmerged) cluster.
+    - ``trend``: ``"mean-score"`` is the per-layer mean score of each label; ``"share-slope"`` the
+      least-squares slope of the label's share of the layer's score against depth.
+    - ``typo_scope``: ``"image"`` fixes typos against the words of all labels given to images of the same
+      (true) class, whatever the guess: a typo does not depend on the guess, and a wrong guesser's few labels
+      would otherwise have no frequent neighbour; ``"group"`` against the labels of the grouping class
+      (with ``group_by="true"`` both are featurelens's former behaviour).
+    - stop words: ``group.stop_words`` (``stop_word_list("sklearn")`` for the former list).
+    """
 
     normalise: NormaliseParams = field(default_factory=NormaliseParams)
     group: GroupParams = field(default_factory=GroupParams)
@@ -56,7 +98,37 @@ class LabelParams:
     top_labels_local: int = 3  # labels shown per cluster in local explanations
     top_labels_global: int = 5  # labels per class and layer in global explanations
     examples_global: int = 3  # example overlays per global label (from different images)
-    trend_threshold: float = 0.1  # |slope of score share vs. relative depth| above this = rises/falls
+    trend_threshold: float = 0.1  # share-slope trends: |slope| above this = rises/falls
+    top_labels_full_merge: int = 6  # labels shown in the per-layer full-merge view
+    group_by: str = "guessed"
+    strip_guessed_class: bool = True  # also strip the guessed class's name from labels
+    merge: str = "transitive"
+    merged_score: str = "weighted-mean"
+    global_from: str = "merged-best"
+    trend: str = "mean-score"
+    typo_scope: str = "image"  # typo-fix vocabulary: labels of the image's class, or of the grouping class
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise LabelsError(
+                    f"LabelParams.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def legacy(cls, **overrides: Any) -> LabelParams:
+        """featurelens's behaviour before issue 13: true-class grouping, scikit-learn stop words, merging on
+        one best label with summed scores, global from all labels, share-slope trends."""
+        base = dict(
+            group=GroupParams(stop_words=stop_word_list("sklearn")),
+            group_by="true",
+            strip_guessed_class=False,
+            merge="best-label",
+            merged_score="sum",
+            global_from="all-labels",
+            trend="share-slope",
+        )
+        return cls(**{**base, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -101,14 +173,17 @@ class ProcessedLabel:
     normalised: str  # lowercased, trimmed, class name stripped
     text: str  # normalised with typos fixed: what is embedded and grouped
     status: str
-    group: int = -1  # group index within the class (-1 when not kept)
+    group: int = -1  # group index within the grouping class (-1 when not kept)
     representative: str = ""
     score: float = 0.0  # score of (cluster, representative)
+    group_class: str = ""  # the grouping class: guessed class (or true class on a give-up / group_by="true")
+    seen_before: bool = False  # correctness unknown: never counts as guessed right
+    q_percent: float = float("nan")  # revealed % at answer time
 
 
 @dataclass
 class LabelGroup:
-    class_name: str
+    class_name: str  # the grouping class (see LabelParams.group_by)
     index: int
     representative: str
     word: str  # the representative as players wrote it (before lemmatisation)
@@ -132,6 +207,7 @@ class ProcessedLabels:
     problems: list[str]
     silhouettes: dict[str, dict[str, float]] = field(default_factory=dict)
     typo_fixes: dict[str, dict[str, str]] = field(default_factory=dict)
+    map_stats: dict[str, MapStats] = field(default_factory=dict)
 
     def scores_for(self, cluster_id: str) -> list[ClusterScore]:
         return sorted(
@@ -170,6 +246,7 @@ class ProcessedLabels:
             "problems": self.problems,
             "silhouettes": self.silhouettes,
             "typo_fixes": self.typo_fixes,
+            "map_stats": {k: asdict(v) for k, v in self.map_stats.items()},
             "groups": [asdict(g) for g in self.groups],
             "scores": [asdict(s) for s in self.scores],
             "labels": [asdict(r) for r in self.labels],
@@ -200,13 +277,17 @@ def load_processed(path: str | Path) -> ProcessedLabels:
         raise LabelsError(f"cannot read {manifest}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise LabelsError(f"{manifest} is not a processed-labels file (format {FORMAT!r})")
-    if data.get("version") != FORMAT_VERSION:
+    if data.get("version") not in (1, FORMAT_VERSION):
         raise LabelsError(
-            f"{manifest}: version {data.get('version')!r} is not supported (expected {FORMAT_VERSION})"
+            f"{manifest}: version {data.get('version')!r} is not supported (expected 1 or {FORMAT_VERSION})"
         )
     try:
+        params = dict(data["params"])
+        if data["version"] == 1:  # made before issue 13: its options were the legacy behaviours
+            legacy = LabelParams.legacy().to_dict()
+            params = {**{k: legacy[k] for k in CHOICES}, "strip_guessed_class": False, **params}
         return ProcessedLabels(
-            params=LabelParams.from_dict(data["params"]),
+            params=LabelParams.from_dict(params),
             model=data["model"],
             labels=[ProcessedLabel(**r) for r in data["labels"]],
             groups=[LabelGroup(**g) for g in data["groups"]],
@@ -215,6 +296,7 @@ def load_processed(path: str | Path) -> ProcessedLabels:
             problems=list(data["problems"]),
             silhouettes=data.get("silhouettes", {}),
             typo_fixes=data.get("typo_fixes", {}),
+            map_stats={k: MapStats(**v) for k, v in data.get("map_stats", {}).items()},
         )
     except (KeyError, TypeError) as exc:
         raise LabelsError(f"{manifest} is malformed: {exc}") from None
@@ -323,6 +405,10 @@ def process_labels(
             status = UNKNOWN_CLUSTER
             unknown_clusters[cid or "(empty)"] += 1
         norm = normalise_label(r.label, class_name, p.normalise)
+        guess = r.guessed_class.strip()
+        if norm and p.strip_guessed_class and guess and guess != class_name:
+            norm = normalise_label(norm, guess, p.normalise)
+        group_class = guess if (p.group_by == "guessed" and guess) else class_name
         if status == KEPT and not norm:
             status = EMPTY
         if status == KEPT and not class_name:
@@ -343,6 +429,9 @@ def process_labels(
                 normalised=norm,
                 text=norm,
                 status=status,
+                group_class=group_class,
+                seen_before=r.seen_before,
+                q_percent=r.q_percent,
             )
         )
     if unknown_images:
@@ -383,20 +472,24 @@ def process_labels(
             + ("; " + "; ".join(problems) if problems else "")
         )
 
-    by_class: dict[str, list[ProcessedLabel]] = defaultdict(list)
+    by_group_class: dict[str, list[ProcessedLabel]] = defaultdict(list)
     for x in kept:
-        by_class[x.class_name].append(x)
+        by_group_class[x.group_class].append(x)
     groups: list[LabelGroup] = []
     silhouettes: dict[str, dict[str, float]] = {}
     typo_fixes: dict[str, dict[str, str]] = {}
-    for class_name in sorted(by_class):
-        items = by_class[class_name]
-        if p.fix_typos:
-            fixes = typo_map([x.text for x in items], p)
+    if p.fix_typos:
+        by_scope: dict[str, list[ProcessedLabel]] = defaultdict(list)
+        for x in kept:
+            by_scope[x.class_name if p.typo_scope == "image" else x.group_class].append(x)
+        for scope in sorted(by_scope):
+            fixes = typo_map([x.text for x in by_scope[scope]], p)
             if fixes:
-                typo_fixes[class_name] = fixes
-                for x in items:
+                typo_fixes[scope] = fixes
+                for x in by_scope[scope]:
                     x.text = " ".join(fixes.get(w, w) for w in x.text.split())
+    for class_name in sorted(by_group_class):
+        items = by_group_class[class_name]
         counter = Counter(x.text for x in items)
         texts = list(counter)
         emb = embedder.encode(texts)
@@ -439,7 +532,8 @@ def process_labels(
     scores = []
     for (cid, rep), xs in cells.items():
         im, c = clusters[cid]
-        s = label_score([x.reveal_step for x in xs], [x.correct for x in xs], p.score)
+        right = [x.correct and not x.seen_before for x in xs]
+        s = label_score([x.reveal_step for x in xs], right, p.score)
         scores.append(
             ClusterScore(
                 cluster_id=cid,
@@ -449,7 +543,7 @@ def process_labels(
                 representative=rep,
                 frequency=len(xs),
                 mean_reveal_step=float(np.mean([x.reveal_step for x in xs])),
-                any_correct=any(x.correct for x in xs),
+                any_correct=any(right),
                 players=len({x.player for x in xs}),
                 score=s,
                 weight=c.weight,
@@ -461,14 +555,16 @@ def process_labels(
 
     # classes of the bundle without any label
     bundle_classes = Counter((im.true_class or im.predicted_class) for im in bundle.images)
-    missing = sorted(c for c in bundle_classes if c not in by_class)
+    image_classes = {x.class_name for x in kept}
+    missing = sorted(c for c in bundle_classes if c not in image_classes)
     for c in missing:
         problems.append(
             f"no labels for class {c!r} ({bundle_classes[c]} image(s) in the bundle): no explanation for it"
         )
     labelled_clusters = {s.cluster_id for s in scores}
     counts.update(
-        classes=len(by_class),
+        classes=len(image_classes),
+        grouping_classes=len(by_group_class),
         classes_without_labels=missing,
         groups=len(groups),
         clusters_total=len(clusters),
@@ -490,4 +586,5 @@ def process_labels(
         problems=problems,
         silhouettes=silhouettes,
         typo_fixes=typo_fixes,
+        map_stats={cid: st for cid, st in map_stats(records).items() if cid in clusters},
     )

@@ -5,9 +5,13 @@ file stands alone) and ``out/figures/*.png``:
 
 - ``image_<id>.png``: per image, one row per layer, the (merged) clusters over the image with their labels;
 - ``class_<name>_global.png``: per class, the global grid (layers × top labels, up to 3 example overlays);
-- ``class_<name>_trends.png``: per class, each concept's share of the layer's label score against depth.
+- ``class_<name>_trends.png``: per class, each concept's mean score per layer (or its share, legacy).
 
-Everything the pipeline dropped or could not use is listed with its count at the top of the page.
+Per image and layer the page shows the merged regions with their top 3 labels, the *full-merge* view (all
+clusters of the layer merged, top 6 labels, ``div.full-merge``), and under every labelled cluster map its
+game-statistics line (``div.game-stats``: rounds, correct, wrong, gave up, mean revealed %) and the raw
+text of every label it received, folded away (``details.raw-labels``). Everything the pipeline dropped or
+could not use is listed with its count at the top of the page.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from featurelens.labels.explain import (
     global_explanations,
     local_explanations,
 )
-from featurelens.labels.pipeline import ProcessedLabels
+from featurelens.labels.pipeline import ProcessedLabel, ProcessedLabels
 from featurelens.network.bundle import Bundle, safe_name
 
 _CSS = """
@@ -35,10 +39,15 @@ h1,h2,h3{font-weight:600} table{border-collapse:collapse;margin:.5em 0} td,th{bo
 font-size:90%;vertical-align:top} th{background:#f3f3f3} img.fig{max-width:100%;border:1px solid #ddd}
 .warn{background:#fff4e0;border-left:4px solid #e69500;padding:.4em .8em} .muted{color:#777}
 img.thumb{width:96px;height:96px;object-fit:cover;margin:1px}
+.full-merge{display:flex;gap:.8em;align-items:center;margin:.3em 0;padding:.3em;background:#f7f7fb}
+.game-stats{font-size:85%;color:#555}
 """
 
 _CSS_EXTRA = """img.fig{max-width:100%;border:1px solid #ddd} .warn{background:#fff4e0;border-left:4px solid #e69500;
-padding:.4em .8em} .muted{color:#777} td,th{vertical-align:top}"""
+padding:.4em .8em} .muted{color:#777} td,th{vertical-align:top}
+img.thumb{width:112px;height:112px;object-fit:cover;margin:1px}
+.full-merge{display:flex;gap:.8em;align-items:center;margin:.3em 0;padding:.3em;background:#f7f7fb}
+.game-stats{font-size:85%;color:#555}"""
 
 
 def esc(x: Any) -> str:
@@ -139,7 +148,7 @@ def global_figure(bundle: Bundle, class_name: str, per_layer: list, top: int, ex
     return _fig_png(fig)
 
 
-def trend_figure(class_name: str, layers: list[str], trends: list) -> bytes:
+def trend_figure(class_name: str, layers: list[str], trends: list, rule: str = "mean-score") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,10 +157,11 @@ def trend_figure(class_name: str, layers: list[str], trends: list) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     x = np.arange(len(layers))
     for t in trends:
-        y = np.array([np.nan if v is None else v for v in t.shares], dtype=float)
-        ax.plot(x, y, marker="o", label=f"{t.representative} ({t.direction}, slope {t.slope:+.2f})")
+        y = np.array([np.nan if v is None else v for v in t.values], dtype=float)
+        name = t.representative if rule == "mean-score" else f"{t.representative} ({t.direction}, slope {t.slope:+.2f})"
+        ax.plot(x, y, marker="o", label=name)
     ax.set_xticks(x, layers, rotation=20, fontsize=8)
-    ax.set_ylabel("share of layer's label score")
+    ax.set_ylabel("mean label score" if rule == "mean-score" else "share of layer's label score")
     ax.set_xlabel("layer (shallow → deep)")
     ax.set_title(f"{class_name}: concepts across layers", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
@@ -168,6 +178,7 @@ def _counts_html(processed: ProcessedLabels) -> str:
         ("not used: unknown cluster", c.get("unknown_cluster")),
         ("dropped: no class", c.get("no_class")),
         ("clusters labelled / in bundle", f"{c.get('clusters_labelled')} / {c.get('clusters_total')}"),
+        ("grouping classes", c.get("grouping_classes", c.get("classes"))),
         ("groups (concepts)", c.get("groups")),
     ]
     out = "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>"
@@ -194,7 +205,10 @@ def report_html(
         f"<p>Bundle <code>{esc(bundle.root.name)}</code> ({esc(bundle.model.get('name'))}), "
         f"{len(bundle.images)} image(s), layers {esc(', '.join(layer.name for layer in bundle.layers))}; "
         f"labels embedded with <code>{esc(processed.model)}</code>. Score = frequency × (1 − "
-        f"{p.score.step_penalty} × mean reveal step), ÷ {p.score.wrong_divisor} when no giver guessed right.</p>"
+        f"{p.score.step_penalty} × mean reveal step), ÷ {p.score.wrong_divisor} when no giver guessed right "
+        f"(a player who had seen the photo before never counts as right). Labels grouped by "
+        f"<b>{esc(p.group_by)}</b> class; clusters merged: {esc(p.merge)}, merged score {esc(p.merged_score)}; "
+        f"global labels from {esc(p.global_from)}; trends: {esc(p.trend)}.</p>"
     )
     parts.append(_counts_html(processed))
     sections.append(("Labels used and dropped", "\n".join(parts)))
@@ -224,14 +238,25 @@ def report_html(
                     f"<td>{esc(', '.join(lab.examples))}</td></tr>"
                 )
         parts.append("</table>")
-        groups = [g for g in processed.groups if g.class_name == class_name]
+        used = {(x.group_class, x.representative) for x in processed.labels if x.class_name == class_name}
+        groups = [g for g in processed.groups if (g.class_name, g.representative) in used]
         parts.append(
-            "<details><summary>label groups</summary><table><tr><th>representative</th><th>labels (count)</th></tr>"
+            "<details><summary>label groups (by grouping class)</summary><table><tr><th>grouping class</th>"
+            "<th>representative</th><th>labels (count)</th><th>raw texts</th></tr>"
         )
         for g in groups:
+            raw = sorted(
+                {
+                    x.raw_label
+                    for x in processed.labels
+                    if x.group_class == g.class_name and x.representative == g.representative
+                }
+            )
             parts.append(
-                f"<tr><td>{esc(g.representative)}</td><td>"
-                f"{esc('; '.join(f'{t} ({n})' for t, n in g.labels.items()))}</td></tr>"
+                f"<tr><td>{esc(g.class_name)}</td><td>{esc(g.representative)}</td><td>"
+                f"{esc('; '.join(f'{t} ({n})' for t, n in g.labels.items()))}</td><td>"
+                f"<details class='raw-labels'><summary>{len(raw)} raw text(s)</summary>"
+                f"{esc(' | '.join(raw))}</details></td></tr>"
             )
         parts.append("</table></details>")
     sections.append(("Global explanations per class", "\n".join(parts)))
@@ -246,14 +271,8 @@ def report_html(
             parts.append(
                 f'<img class="fig" alt="clusters of {esc(image_id)}" src="{_data_uri(figures[key])}">'
             )
-        parts.append("<table><tr><th>layer</th><th>clusters</th><th>weight</th><th>labels (score)</th></tr>")
         for le in les:
-            for region in le.clusters:
-                parts.append(
-                    f"<tr><td>{esc(le.layer)}</td><td>{esc(', '.join(region.cluster_ids))}</td>"
-                    f"<td>{region.weight:.1f}%</td><td>{esc(_label_text(region.labels, p.top_labels_local))}</td></tr>"
-                )
-        parts.append("</table>")
+            parts.append(_local_html(bundle, processed, le))
     sections.append(("Local explanations per image", "\n".join(parts)))
     if fragment:
         return "\n".join(f"<h3>{esc(t)}</h3>\n{b}" for t, b in sections)
@@ -273,6 +292,61 @@ def report_html(
     )
 
 
+def _local_html(bundle: Bundle, processed: ProcessedLabels, le: LocalExplanation) -> str:
+    """One image-layer block: the full-merge view, then the regions with stats lines and raw labels."""
+    p = processed.params
+    out = [f"<h4>{esc(le.layer)}</h4>"]
+    if le.full_merge is not None:
+        fm = le.full_merge
+        out.append(
+            f'<div class="full-merge" data-image="{esc(le.image_id)}" data-layer="{esc(le.layer)}">'
+            f'<img class="thumb" alt="full merge {esc(le.image_id)} {esc(le.layer)}" '
+            f'src="{_overlay_uri(bundle, le.image_id, fm.image_map(bundle))}">'
+            f"<div><b>full merge</b> of {len(fm.cluster_ids)} clusters (w = {fm.weight:.1f}%): "
+            f"{esc(_label_text(fm.labels, p.top_labels_full_merge))}</div></div>"
+        )
+    raw: dict[str, list[ProcessedLabel]] = {}
+    for x in processed.labels:
+        if x.image_id == le.image_id and x.layer == le.layer:
+            raw.setdefault(x.cluster_id, []).append(x)
+    out.append("<table><tr><th>clusters</th><th>weight</th><th>labels (score)</th><th>cluster maps</th></tr>")
+    for region in le.clusters:
+        maps = []
+        for cid in region.cluster_ids:
+            xs = raw.get(cid, [])
+            line = f"<div><code>{esc(cid)}</code></div>"
+            if xs:
+                st = processed.map_stats.get(cid)
+                stats = st.line() if st is not None else "no game statistics in the export"
+                texts = "".join(
+                    f"<li>{esc(x.raw_label)} → {esc(x.representative or '(' + x.status + ')')}</li>" for x in xs
+                )
+                line += (
+                    f'<div class="game-stats" data-cluster="{esc(cid)}">{esc(stats)}</div>'
+                    f'<details class="raw-labels" data-cluster="{esc(cid)}"><summary>{len(xs)} raw label(s)'
+                    f"</summary><ul>{texts}</ul></details>"
+                )
+            maps.append(line)
+        merged = f" (merged ×{len(region.cluster_ids)})" if region.merged else ""
+        out.append(
+            f"<tr><td>{esc(', '.join(region.cluster_ids))}{merged}</td><td>{region.weight:.1f}%</td>"
+            f"<td>{esc(_label_text(region.labels, p.top_labels_local))}</td><td>{''.join(maps)}</td></tr>"
+        )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _overlay_uri(bundle: Bundle, image_id: str, image_map: np.ndarray, size: int = 112) -> str:
+    from PIL import Image
+
+    from featurelens.imaging import overlay
+
+    im = Image.fromarray(overlay(_rgb(bundle, image_id), image_map)).resize((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return _data_uri(buf.getvalue())
+
+
 def make_figures(bundle: Bundle, processed: ProcessedLabels) -> dict[str, bytes]:
     """Every figure of the report: name -> PNG bytes."""
     p = processed.params
@@ -289,7 +363,7 @@ def make_figures(bundle: Bundle, processed: ProcessedLabels) -> dict[str, bytes]
             bundle, class_name, per_layer, p.top_labels_global, p.examples_global
         )
         layers, trends = concept_trends(bundle, processed, class_name)
-        figures[f"class_{key}_trends"] = trend_figure(class_name, layers, trends)
+        figures[f"class_{key}_trends"] = trend_figure(class_name, layers, trends, p.trend)
     return figures
 
 

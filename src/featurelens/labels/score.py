@@ -7,7 +7,8 @@ For the label rows of one cluster map whose group has representative r::
 with f the number of label rows (frequency), mean_step the mean 0-based reveal step at which they were
 given (the game reveals q = 2, 4.5, 8, 13, 20, 30 % of the map, so labels given early describe a more
 distinctive region), ``step_penalty = 0.1`` and ``wrong_divisor = 4`` (paper defaults). "Guessed right"
-means the export's ``correct`` is true for at least one of those rows.
+means the export's ``correct`` is true for at least one of those rows whose ``seen_before`` is not true
+(a player who had already seen the photo proves nothing by guessing right: correctness unknown).
 """
 
 from __future__ import annotations

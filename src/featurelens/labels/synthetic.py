@@ -1,6 +1,6 @@
 """Synthetic material for tests and the demo: a small bundle of real photos with planted cluster maps,
 and a realistic *simulated* label export (several players, synonyms, plurals, typos, class-name leakage,
-empty labels and wrong guesses). Nothing here is real crowd data; every row it writes is marked with the
+empty labels, wrong guesses, give-ups and positional words such as "back" and "top"). Nothing here is real crowd data; every row it writes is marked with the
 campaign name ``simulated``.
 """
 
@@ -30,10 +30,12 @@ CAT_FAMILIES: dict[str, list[str]] = {
     "ear": ["ears", "ears", "ear", "cat's ears", "cats ears", "pointy ears", "eras"],
     "eye": ["eyes", "eyes", "eye", "green eyes", "cat eyes", "eyez"],
     "stripe": ["stripes", "stripes", "stripe", "striped fur", "tabby stripes", "stripse"],
+    "back": ["back", "back", "its back", "cat's back", "the back", "backs", "bakc"],
 }
 MUG_FAMILIES: dict[str, list[str]] = {
     "handle": ["handle", "handle", "handles", "mug handle", "coffee mug's handle", "cup handle", "handel"],
-    "foam": ["foam", "foam", "milk foam", "foamy top", "froth foam"],
+    "foam": ["foam", "foam", "milk foam", "foamy froth", "froth foam"],
+    "top": ["top", "top", "the top", "tops", "mug top", "top rim"],
     "saucer": ["saucer", "saucer", "saucers", "small saucer", "sauser"],
 }
 NOISE = ["background", "wall", "blurry", "dark", "no idea", ""]
@@ -41,13 +43,13 @@ NOISE = ["background", "wall", "blurry", "dark", "no idea", ""]
 #: planted concept per (class, layer, cluster index); None = noise cluster (only wrong guesses)
 PLAN: dict[str, dict[str, list[str | None]]] = {
     "tabby cat": {
-        "blocks.4": ["stripe", "eye", None],
+        "blocks.4": ["stripe", "back", None],
         "blocks.10": ["eye", "ear", "stripe"],
         "head": ["whisker", "ear", "whisker"],
     },
     "coffee mug": {
         "blocks.4": ["saucer", "foam", None],
-        "blocks.10": ["handle", "saucer", None],
+        "blocks.10": ["handle", "top", None],
         "head": ["handle", "foam", "handle"],
     },
 }
@@ -144,15 +146,18 @@ def simulated_export(
     seed: int = 0,
     label_prob: float = 0.85,
     correct_prob: float = 0.8,
+    give_up_prob: float = 0.1,
     campaign: str = "simulated",
     plan: dict[str, dict[str, list[str | None]]] | None = None,
     families: dict[str, dict[str, list[str]]] | None = None,
 ) -> list[LabelRecord]:
     """Simulated players labelling every cluster of ``bundle`` by the planted concepts of :data:`PLAN`.
 
-    Planted clusters: a player names it (with probability ``label_prob``) with a random way of writing the
-    planted concept, guesses the class right with probability ``correct_prob``, at a reveal step drawn
-    towards early steps. Noise clusters get noise words, late reveal steps and wrong guesses only.
+    Every player plays every map once. Planted clusters: a player names it (with probability ``label_prob``;
+    otherwise the round is a give-up without labels, so it leaves no row) with a random way of writing the
+    planted concept, gives up with probability ``give_up_prob`` (no guess), else guesses the class right
+    with probability ``correct_prob``, at a reveal step drawn towards early steps. Noise clusters get noise
+    words, late reveal steps and wrong guesses only. The rows carry the export-v2 map statistics.
     """
     plan = plan or PLAN
     families = families or FAMILIES
@@ -168,16 +173,23 @@ def simulated_export(
             if concepts is None:
                 continue  # a class without a plan gets no labels at all
             concept = concepts[c.index % len(concepts)]
+            start = len(rows)
+            rounds: list[tuple[str, bool, float]] = []  # (guess, correct, q) per round of this map
             for p in range(players):
                 if rng.random() > label_prob:
+                    rounds.append(("", False, q[min(5, int(rng.expovariate(0.8)))]))
                     continue
                 if concept is None:
                     label, step, correct = rng.choice(NOISE), rng.choice([3, 4, 5]), False
+                    guess = rng.choice(others)
                 else:
                     label = rng.choice(families[cls][concept])
                     step = min(5, int(rng.expovariate(0.8)))
                     correct = rng.random() < correct_prob
-                guess = cls if correct else rng.choice(others)
+                    guess = cls if correct else rng.choice(others)
+                    if rng.random() < give_up_prob:
+                        guess, correct = "", False
+                rounds.append((guess, correct, q[step]))
                 rows.append(
                     LabelRecord(
                         row=len(rows) + 1,
@@ -196,4 +208,10 @@ def simulated_export(
                         created_at=(t0 + _dt.timedelta(seconds=len(rows))).isoformat(),
                     )
                 )
+            n_right = sum(1 for g, ok, _ in rounds if g and ok)
+            n_gave = sum(1 for g, _, _ in rounds if not g)
+            for r in rows[start:]:
+                r.map_rounds, r.map_correct, r.map_gave_up, r.map_unknown = len(rounds), n_right, n_gave, 0
+                r.map_wrong = len(rounds) - n_right - n_gave
+                r.map_mean_q = sum(x[2] for x in rounds) / len(rounds)
     return rows
