@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from featurelens.demo import DemoContext, DemoSection, SectionFailed
-from featurelens.report.html import Raw, error_box, escape, figure, gallery, table
+from featurelens.report.html import Raw, error_box, escape, figure, table
 
 SUBDIR = "cam"
 QUICK_PHOTOS = ["coffee", "chelsea"]
