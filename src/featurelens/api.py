@@ -41,6 +41,19 @@ from featurelens.tokens import ReshapeLike, to_spatial
 FUSE_RULES = ("mean", "max", "product", "refine")
 
 
+def _detach(value: Any) -> Any:
+    """Detach a model output: a tensor, or the tensors of a tuple / list / dict output."""
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, dict):
+        return {k: _detach(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_detach(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach(v) for v in value)
+    return value
+
+
 class _Pass:
     """One forward/backward pass of every method at every layer."""
 
@@ -191,7 +204,7 @@ class Explainer:
                     scores = evaluate_target(tgt, out, batch)
                 grads = None
             acts = {n: cap.activation(n, self.call).detach() for n in names}
-        out = out.detach()
+        out = _detach(out)
         ctx = MethodContext(
             model=self.model,
             inputs=inputs.detach(),
