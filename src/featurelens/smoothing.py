@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -155,14 +156,19 @@ class AugSmooth:
         return smoothed
 
 
-def as_aug_smooth(value: bool | AugSmooth | None) -> AugSmooth | None:
+def _option(value: object, cls: type, name: str) -> Any:
+    """``True`` → ``cls()`` (the defaults), ``False``/``None`` → None, an instance of ``cls`` → itself."""
     if value is None or value is False:
         return None
     if value is True:
-        return AugSmooth()
-    if isinstance(value, AugSmooth):
+        return cls()
+    if isinstance(value, cls):
         return value
-    raise MethodError(f"aug_smooth is True, False or an AugSmooth, got {type(value).__name__}")
+    raise MethodError(f"{name} is True, False or a {cls.__name__}, got {type(value).__name__}")
+
+
+def as_aug_smooth(value: bool | AugSmooth | None) -> AugSmooth | None:
+    return _option(value, AugSmooth, "aug_smooth")  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------
@@ -262,10 +268,4 @@ class SESS:
 
 
 def as_sess(value: bool | SESS | None) -> SESS | None:
-    if value is None or value is False:
-        return None
-    if value is True:
-        return SESS()
-    if isinstance(value, SESS):
-        return value
-    raise MethodError(f"sess is True, False or a SESS, got {type(value).__name__}")
+    return _option(value, SESS, "sess")  # type: ignore[no-any-return]
