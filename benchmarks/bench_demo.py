@@ -40,8 +40,9 @@ def main() -> None:
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)")
-    results = {m: run(m, args.cam_only) for m in modes}
-    for mode, summary in results.items():
+    results = {}
+    for mode in modes:  # each mode's figures are printed as soon as it has run
+        summary = results[mode] = run(mode, args.cam_only)
         print(f"\n== {mode}: {summary['seconds']:.1f} s in total (exit code {summary['exit_code']})")
         for s in summary["sections"]:
             print(f"  {s['seconds']:7.1f} s  {s['entry']}  [{s['status']}]")
@@ -49,6 +50,7 @@ def main() -> None:
         for method, sec in cam.get("summary", {}).get("seconds", {}).items():
             mode_text = cam["summary"].get("modes", {}).get(method, "")
             print(f"      {sec:7.2f} s  {method}  {mode_text}")
+        print(f"load now: {os.getloadavg()[0]:.2f}", flush=True)
     if "default" in results and "full" in results:
         d, f = results["default"], results["full"]
         print(f"\ndefault / full, whole run: {d['seconds'] / f['seconds']:.3f}")
