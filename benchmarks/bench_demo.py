@@ -9,6 +9,7 @@ figures; the ratio is what compares.
 Run:  .venv/bin/python benchmarks/bench_demo.py               (about 7 min: two whole demos)
       .venv/bin/python benchmarks/bench_demo.py --cam-only    (about 4 min)
       .venv/bin/python benchmarks/bench_demo.py --modes default   (one default demo, about 2-3 min)
+      .venv/bin/python benchmarks/bench_demo.py --workload        (Score-CAM's masked forwards, exact vs fast)
 """
 
 from __future__ import annotations
@@ -32,12 +33,44 @@ def run(mode: str, cam_only: bool) -> dict[str, Any]:
     return summary
 
 
+def scorecam_workload() -> dict[str, int]:
+    """Masked images Score-CAM forwards on the demo's six photos at the default layer, exact vs fast
+    (a load-independent measure of its cost: one all-zero mask per photo for the constant channels)."""
+    from featurelens.demo import DemoContext
+    from featurelens.engine import capture
+    from featurelens.methods import LayerState, get_method
+
+    ctx = DemoContext(out_dir=Path(tempfile.gettempdir()))
+    spec = ctx.spec()
+    x = spec.prepare(list(ctx.photos().values()))
+    layer = spec.resolve_default_layer()
+    a = capture(spec.model, x, layer, gradients=False).activations[layer][0]
+    counts = {}
+    for name, method in (("exact", get_method("scorecam")), ("fast", get_method("scorecam", fast=True))):
+        chosen = method.selected_channels(LayerState(layer, a, None))
+        total = 0
+        for b in range(a.shape[0]):
+            flat = a[b, chosen[b]].flatten(1)
+            constant = flat.amax(1) == flat.amin(1)
+            total += int((~constant).sum()) + int(bool(constant.any()))
+        counts[name] = total
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cam-only", action="store_true", help="only the CAM section")
     parser.add_argument("--modes", default="default,full", help="comma-separated: default, full")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--workload", action="store_true", help="only count Score-CAM's masked forwards, exact vs fast"
+    )
     args = parser.parse_args()
+    if args.workload:
+        counts = scorecam_workload()
+        print(f"Score-CAM masked images on the six demo photos: exact {counts['exact']}, fast {counts['fast']}, "
+              f"fast / exact = {counts['fast'] / counts['exact']:.3f}")
+        return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} (1/5/15 min)")
     results = {}
