@@ -83,9 +83,11 @@ def test_quick_demo_writes_a_readable_report(cli, tmp_path):
     for method in method_names():
         assert f"<b>{method}</b>" in html
     summary = json.loads((out / "demo.json").read_text())
-    assert summary["ok"] and summary["quick"]
+    assert summary["ok"] and summary["quick"] and not summary["full"]
+    assert "Fast mode" in html and "featurelens demo --full" in html
     cam = summary["sections"][0]
     assert cam["entry"] == "featurelens.report.demo_cam:section" and cam["status"] == "ok"
+    assert cam["summary"]["modes"]["scorecam"] == "fast mode (top 48 channels)"
     assert cam["summary"]["methods"] == method_names() and not cam["summary"]["failed_methods"]
     assert cam["summary"]["photos"][0] == {
         **cam["summary"]["photos"][0],
@@ -99,3 +101,20 @@ def test_quick_demo_writes_a_readable_report(cli, tmp_path):
     assert net["status"] == "ok" and net["summary"]["layers"] == 4
     assert -1.0 <= net["summary"]["median_stability_ari"] <= 1.0
     assert "How firm are the cluster boundaries?" in html
+
+
+def test_default_demo_uses_fast_modes_and_full_is_exact():
+    from featurelens.methods import get_method, method_names
+    from featurelens.report.demo_cam import _mode, demo_options
+
+    assert demo_options("scorecam", full=False) == {"fast": True}
+    assert get_method("scorecam", **demo_options("scorecam", full=False)).top_n == 48
+    assert _mode("scorecam", full=False) == "fast mode (top 48 channels)"
+    assert demo_options("gradcam", full=False) == {} and _mode("gradcam", full=False) == "exact"
+    for m in method_names():  # --full: every method exact
+        assert demo_options(m, full=True) == {} and _mode(m, full=True) == "exact"
+
+
+def test_demo_quick_and_full_exclude_each_other(cli, tmp_path):
+    r = cli("demo", "--quick", "--full", "--out", tmp_path / "d")
+    assert r.code == 2 and "not allowed with" in r.err

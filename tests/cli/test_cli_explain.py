@@ -271,3 +271,25 @@ def test_console_script_in_a_subprocess(coffee_file, tmp_path, bad_files):
         [sys.executable, "-m", "featurelens.cli.main", "--help"], capture_output=True, text=True, timeout=300
     )
     assert ok.returncode == 0 and "explain" in ok.stdout and "inspect" in ok.stdout and "demo" in ok.stdout
+
+
+def test_smoothing_flags_reach_the_explainer(lite0, coffee_file, tmp_path, cli):
+    """--aug-smooth/--eigen-smooth/--sess/--fuse refine give the Python API's maps, at the image size."""
+    from featurelens.api import Explainer
+    from featurelens.imaging import load_image
+
+    r = cli("explain", coffee_file, "--aug-smooth", "--eigen-smooth", "--out", tmp_path / "s")
+    assert r.code == 0, r.err
+    assert _manifest(tmp_path / "s")["smoothing"] == ["aug_smooth", "eigen_smooth"]
+    saved = np.load(tmp_path / "s" / "coffee_gradcam.npy")
+    pil = load_image(coffee_file)
+    exp = Explainer(lite0.model, lite0.resolve_default_layer()).explain(
+        lite0.prepare([pil]), "gradcam", aug_smooth=True, eigen_smooth=True
+    )
+    np.testing.assert_allclose(saved, exp.map_at(0, (pil.height, pil.width)), atol=1e-4)
+    plain = cli("explain", coffee_file, "--out", tmp_path / "p")
+    assert plain.code == 0 and not np.allclose(np.load(tmp_path / "p" / "coffee_gradcam.npy"), saved, atol=1e-2)
+    r = cli("explain", coffee_file, "-l", "blocks.15", "-l", "head", "--fuse", "refine", "--sess", "--out", tmp_path / "r")
+    assert r.code == 0, r.err
+    m = _manifest(tmp_path / "r")
+    assert m["fuse"] == "refine" and m["smoothing"] == ["sess"]

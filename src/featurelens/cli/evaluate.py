@@ -22,7 +22,8 @@ DEFAULT_METRICS = "deletion,insertion,adic"
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "evaluate",
-        help="faithfulness metrics (deletion/insertion AUC, AD/IC, pointing, sanity) of saliency methods",
+        help="faithfulness metrics (deletion/insertion AUC, AD/IC, ROAD, confidence change, pointing, sanity) "
+        "of saliency methods",
         description="Explain every image of a folder with each method (predicted class) and measure how "
         "faithful the maps are. A random map and a centre Gaussian are always added as baselines. "
         "Files that are not images are skipped and counted.",
@@ -44,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=DEFAULT_METRICS,
         metavar="NAME,NAME",
         help="comma-separated: deletion, insertion, adic (Average Drop / Increase in Confidence; "
-        "alias adcc), pointing, energy-pointing, sanity (default: deletion,insertion,adic)",
+        "alias adcc), pointing, energy-pointing, sanity, road (ROAD MoRF/LeRF with noisy linear imputation), "
+        "confidence-change (score of image x map minus score of the image) (default: deletion,insertion,adic)",
     )
     p.add_argument(
         "--similarity-metric",
@@ -83,12 +85,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="Score-CAM fast mode (top-N channels); default exact",
     )
     p.add_argument(
+        "--road-percentiles",
+        type=_percentiles,
+        default=None,
+        metavar="P,P",
+        help="ROAD: percentages of pixels removed (default 10,20,...,90)",
+    )
+    p.add_argument(
         "--trust", action="store_true", help="allow loading a pickled model checkpoint (runs its code)"
     )
     p.add_argument(
         "--out", "-o", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)"
     )
     p.set_defaults(func=run)
+
+
+def _percentiles(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"percentiles are comma-separated numbers, got {text!r}") from None
+    if not values or any(not 0 < v < 100 for v in values):
+        raise argparse.ArgumentTypeError(f"percentiles must lie strictly between 0 and 100, got {text!r}")
+    return values
 
 
 def parse_method_list(text: str | Sequence[str]) -> list[str]:
@@ -138,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
                 boxes_file=args.boxes,
                 tolerance=args.tolerance,
                 scorecam_top_n=args.scorecam_top_n,
+                road_percentiles=args.road_percentiles,
                 progress=lambda _m: bar.update(1),
             )
         finally:

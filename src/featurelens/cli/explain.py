@@ -64,9 +64,26 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--fuse",
-        choices=["mean", "max"],
+        choices=["mean", "max", "product", "refine"],
         default=None,
-        help="fuse the maps of several --layer into one (default: one map per layer)",
+        help="fuse the maps of several --layer into one (refine: RefineCAM's product of the layer maps; "
+        "default: one map per layer)",
+    )
+    smooth = p.add_argument_group("smoothing and meta-methods (any method)")
+    smooth.add_argument(
+        "--aug-smooth",
+        action="store_true",
+        help="test-time augmentation: horizontal flip x scales 0.9/1/1.1, maps mapped back and averaged (6x the work)",
+    )
+    smooth.add_argument(
+        "--eigen-smooth",
+        action="store_true",
+        help="first principal component of the weighted activations instead of their sum",
+    )
+    smooth.add_argument(
+        "--sess",
+        action="store_true",
+        help="SESS: sliding windows at scales 1/1.5/2, the best half per scale explained, fused",
     )
     p.add_argument(
         "--trust", action="store_true", help="allow loading a pickled model checkpoint (runs its code)"
@@ -129,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         colormap=args.colormap,
         method_options={"scorecam": {"top_n": args.scorecam_top_n}} if args.scorecam_top_n else None,
+        smoothing=smoothing_options(args),
     )
     for entry in manifest["images"]:
         pred, expl = entry["predicted"], entry["explained"]
@@ -139,6 +157,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     common.echo(f"wrote {len(manifest['files'])} files to {out}/ (manifest: {out / 'manifest.json'})")
     return 0
+
+
+def smoothing_options(args: argparse.Namespace) -> dict[str, bool]:
+    """``Explainer.explain`` keyword arguments from ``--aug-smooth``, ``--eigen-smooth`` and ``--sess``."""
+    names = ("aug_smooth", "eigen_smooth", "sess")
+    return {n: True for n in names if getattr(args, n, False)}
 
 
 def _class_info(spec: Any, index: int, probs: torch.Tensor) -> dict[str, Any]:
@@ -166,12 +190,14 @@ def explain_files(
     alpha: float = 0.5,
     colormap: str = "jet",
     method_options: dict[str, dict[str, Any]] | None = None,
+    smoothing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Explain image files with ``spec``'s model and write overlays, maps and ``manifest.json``.
 
     Images are batched through the model (``batch_size``); each batch gets one no-grad forward for
     the class probabilities and one :meth:`Explainer.explain` call for all methods. Maps are resized
-    to each image's original size. Returns the manifest (also written to ``out_dir/manifest.json``).
+    to each image's original size. ``smoothing`` holds :meth:`Explainer.explain`'s ``aug_smooth``,
+    ``eigen_smooth`` and ``sess`` options. Returns the manifest (also written to ``out_dir/manifest.json``).
 
     File names: ``<name>_<method>.png/.npy`` for one layer or fused layers, else
     ``<name>_<method>_<layer>.png/.npy``; ``<name>`` is the file stem, made unique.
@@ -209,7 +235,9 @@ def explain_files(
                 )
             probs = torch.softmax(logits.float(), dim=1).cpu()
             tgt = None if index is None else ClassTarget(index)
-            exps = explainer.explain(x, list(methods), tgt, fuse=fused, method_options=method_options)
+            exps = explainer.explain(
+                x, list(methods), tgt, fuse=fused, method_options=method_options, **(smoothing or {})
+            )
             for i, (path, pil) in enumerate(zip(batch_paths, pils)):
                 name = names[start + i]
                 top = torch.topk(probs[i], k=min(5, probs.shape[1]))
@@ -262,6 +290,7 @@ def explain_files(
         "layers": list(layer_list),
         "fuse": fused,
         "method_options": method_options or {},
+        "smoothing": sorted(k for k, v in (smoothing or {}).items() if v),
         "target": "top" if index is None else index,
         "score": "softmax probability of the class; target_score is the explained logit",
         "map_format": "float32 .npy, shape [height, width] of the original image, values in [0, 1]",

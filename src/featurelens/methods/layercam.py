@@ -26,3 +26,8 @@ class LayerCAM(Method):
     def __call__(self, layer: LayerState, ctx: MethodContext) -> tuple[Tensor, Tensor | None]:
         assert layer.gradient is not None
         return torch.relu((torch.relu(layer.gradient) * layer.activation).sum(dim=1)), None
+
+    def channel_maps(self, layer: LayerState, ctx: MethodContext) -> Tensor:
+        """Per-channel terms of the sum, ``C_k = ReLU(∂y/∂A_k) ⊙ A_k`` (used by ``eigen_smooth``)."""
+        assert layer.gradient is not None
+        return torch.relu(layer.gradient) * layer.activation

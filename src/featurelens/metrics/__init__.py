@@ -8,6 +8,8 @@ explanation function ``explain_fn(inputs) -> maps[B, H, W]`` (see :func:`evaluat
 * :func:`average_drop_increase` – Average Drop and Increase in Confidence (Grad-CAM++);
 * :func:`pointing_game`, :func:`energy_pointing_game` – localisation against boxes or masks;
 * :func:`model_randomisation_check` – cascading parameter randomisation (Adebayo et al.);
+* :func:`road` – ROAD (remove and debias: noisy linear imputation, MoRF and LeRF);
+* :func:`confidence_change` – the score change of ``image × map``;
 * :func:`random_maps`, :func:`centre_gaussian_maps` – baselines that every table includes.
 """
 
@@ -30,6 +32,7 @@ from featurelens.metrics.evaluate import (
     resolve_metrics,
 )
 from featurelens.metrics.pointing import PointingResult, boxes_to_masks, energy_pointing_game, pointing_game
+from featurelens.metrics.road import RoadResult, confidence_change, noisy_linear_impute, road
 from featurelens.metrics.sanity import SanityResult, model_randomisation_check, randomisation_stages, spearman
 from featurelens.metrics.scoring import (
     MetricError,
@@ -47,12 +50,14 @@ __all__ = [
     "MethodScores",
     "MetricError",
     "PointingResult",
+    "RoadResult",
     "SanityResult",
     "ScoreFn",
     "average_drop_increase",
     "boxes_to_masks",
     "centre_gaussian_maps",
     "class_score_fn",
+    "confidence_change",
     "deletion_curve",
     "energy_pointing_game",
     "evaluate_maps",
@@ -62,11 +67,13 @@ __all__ = [
     "keep_explained",
     "make_baseline",
     "model_randomisation_check",
+    "noisy_linear_impute",
     "pixel_ranks",
     "pointing_game",
     "random_maps",
     "randomisation_stages",
     "resolve_metrics",
+    "road",
     "score_inputs",
     "similarity_score_fn",
     "spearman",

@@ -17,6 +17,9 @@ adic (adcc, drop, ad/ic)  ``average_drop`` %, ``increase_confidence`` %  lower /
 pointing                  ``pointing``  (accuracy, needs boxes/masks)  higher
 energy-pointing (ebpg)    ``energy_pointing`` (needs boxes/masks)      higher
 sanity (randomisation)    ``sanity_rho`` (needs the model)             lower
+road                      ``road_morf``, ``road_lerf``,                lower / higher
+                          ``road_combined`` (score changes)            / higher
+confidence-change (cc)    ``confidence_change`` (score(x·m) − score(x)) higher
 ========================  ===========================================  =========
 """
 
@@ -36,6 +39,7 @@ from featurelens.metrics.baselines import centre_gaussian_maps, random_maps
 from featurelens.metrics.confidence import average_drop_increase
 from featurelens.metrics.deletion import BaselineLike, Curve, deletion_curve, prepare_maps
 from featurelens.metrics.pointing import BoxesLike, energy_pointing_game, pointing_game
+from featurelens.metrics.road import DEFAULT_PERCENTILES, confidence_change, road
 from featurelens.metrics.sanity import ModelExplainFn, SanityResult, model_randomisation_check
 from featurelens.metrics.scoring import MetricError, ScoreFn
 
@@ -49,6 +53,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "pointing": ("pointing",),
     "energy-pointing": ("energy_pointing",),
     "sanity": ("sanity_rho",),
+    "road": ("road_morf", "road_lerf", "road_combined"),
+    "confidence-change": ("confidence_change",),
 }
 _ALIASES = {
     "adcc": "adic",
@@ -63,6 +69,11 @@ _ALIASES = {
     "pointinggame": "pointing",
     "randomisation": "sanity",
     "randomization": "sanity",
+    "roadcombined": "road",
+    "removeanddebias": "road",
+    "cc": "confidence-change",
+    "confidencechange": "confidence-change",
+    "cammultimage": "confidence-change",
 }
 #: +1 when higher is better, -1 when lower is better
 DIRECTION = {
@@ -73,6 +84,10 @@ DIRECTION = {
     "pointing": 1,
     "energy_pointing": 1,
     "sanity_rho": -1,
+    "road_morf": -1,
+    "road_lerf": 1,
+    "road_combined": 1,
+    "confidence_change": 1,
 }
 BASELINE_ROWS = ("random", "centre")
 NEEDS_BOXES = ("pointing", "energy-pointing")
@@ -248,6 +263,8 @@ def evaluate_maps(
     model_explain_fns: Mapping[str, ModelExplainFn] | None = None,
     sanity_stages: Sequence[str] | None = None,
     include_baselines: bool = True,
+    road_percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    road_noise: float = 0.01,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationTable:
@@ -292,6 +309,16 @@ def evaluate_maps(
                 )
                 row.per_sample["average_drop"] = 100.0 * res.drop
                 row.per_sample["increase_confidence"] = 100.0 * res.increase.float()
+            elif metric == "road":
+                res = road(
+                    score_fn, inputs, m, percentiles=road_percentiles, noise=road_noise, seed=seed,
+                    batch_size=batch_size,
+                )
+                row.per_sample["road_morf"] = res.morf_mean
+                row.per_sample["road_lerf"] = res.lerf_mean
+                row.per_sample["road_combined"] = res.combined
+            elif metric == "confidence-change":
+                row.per_sample["confidence_change"] = confidence_change(score_fn, inputs, m, batch_size=batch_size)
             elif metric == "pointing":
                 row.per_sample["pointing"] = pointing_game(m, boxes, masks, tolerance=tolerance).hits.float()
             elif metric == "energy-pointing":

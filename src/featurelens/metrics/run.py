@@ -142,6 +142,7 @@ def evaluate_classifier(
     boxes: Any = None,
     tolerance: int = 0,
     method_options: dict[str, dict[str, Any]] | None = None,
+    road_percentiles: Sequence[float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationTable:
     """Explain ``inputs`` with every method (the predicted class unless ``classes``) and evaluate.
@@ -188,6 +189,7 @@ def evaluate_classifier(
         model=model,
         model_explain_fns=fns,
         progress=progress,
+        **({"road_percentiles": road_percentiles} if road_percentiles else {}),
     )
 
 
@@ -204,6 +206,7 @@ def evaluate_classifier_folder(
     boxes_file: str | Path | None = None,
     tolerance: int = 0,
     scorecam_top_n: int | None = None,
+    road_percentiles: Sequence[float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> EvaluationRun:
     """Load every usable image of ``folder`` and run :func:`evaluate_classifier` with ``spec``'s model."""
@@ -229,6 +232,7 @@ def evaluate_classifier_folder(
         boxes=boxes,
         tolerance=tolerance,
         method_options=method_options_for(scorecam_top_n),
+        road_percentiles=road_percentiles,
         progress=progress,
     )
     details = {

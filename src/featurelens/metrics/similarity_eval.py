@@ -17,7 +17,7 @@ from featurelens.metrics.evaluate import evaluate_maps, resolve_metrics
 from featurelens.metrics.run import EvaluationRun
 from featurelens.metrics.scoring import MetricError, similarity_score_fn
 
-SUPPORTED = ("deletion", "insertion", "adic")
+SUPPORTED = ("deletion", "insertion", "adic", "road", "confidence-change")
 
 
 def parse_pair_methods(text: str | Sequence[str]) -> list[str]:

@@ -1,11 +1,13 @@
 """Demo section: the classifier CAM family on real photos.
 
 Explains scikit-image's bundled photos with EfficientNet-Lite0 and *every* registered classifier
-method (:func:`featurelens.methods.method_names`), all methods of a batch sharing one forward and
-one backward pass. The page shows each photo with its top-5 classes and probabilities, the overlay
-of every method for the predicted class, and an images × methods comparison grid.
+method (:func:`featurelens.methods.method_names`; methods registered later appear automatically).
+The page shows each photo with its top-5 classes and probabilities, one photos × methods grid of
+every method's map for the predicted class, and a table of the methods with their mode and time.
 
-Quick mode (the test suite) uses two photos and Score-CAM's fast mode (top-N channels).
+Modes: the default run uses the fast mode of every method that has one (a ``fast`` argument of its
+constructor: Score-CAM scores its top-48 channels), and says so on the page; ``full`` runs every
+method exactly (exact Score-CAM); ``quick`` (the test suite) is the default mode on two photos.
 """
 
 from __future__ import annotations
@@ -15,25 +17,34 @@ import time
 from typing import Any
 
 import torch
-from PIL import Image
 
 from featurelens.demo import DemoContext, DemoSection, SectionFailed
-from featurelens.report.html import Raw, error_box, escape, figure, gallery, table
+from featurelens.report.html import Raw, error_box, escape, figure, table
 
 SUBDIR = "cam"
 QUICK_PHOTOS = ["coffee", "chelsea"]
-#: Score-CAM channels scored in quick mode (its fast mode); the full demo runs exact Score-CAM
-QUICK_SCORECAM_TOP_N = 32
 
 
-def _options(name: str, quick: bool) -> dict[str, Any]:
-    """Per-method options for the demo: fast mode for methods that offer ``top_n`` (Score-CAM) in quick mode."""
+def demo_options(name: str, full: bool) -> dict[str, Any]:
+    """Per-method options for the demo: ``fast=True`` for every method whose constructor takes a
+    ``fast`` argument, unless ``full`` (exact everything)."""
     from featurelens.methods import METHODS
 
-    if not quick:
+    if full:
         return {}
     params = inspect.signature(METHODS[name].__init__).parameters
-    return {"top_n": QUICK_SCORECAM_TOP_N} if "top_n" in params else {}
+    return {"fast": True} if "fast" in params else {}
+
+
+def _mode(name: str, full: bool) -> str:
+    """How a method runs in the demo, for the page: ``exact`` or its fast mode's settings."""
+    from featurelens.methods import get_method
+
+    if not demo_options(name, full):
+        return "exact"
+    method = get_method(name, **demo_options(name, full))
+    top_n = getattr(method, "top_n", None)
+    return f"fast mode (top {top_n} channels)" if top_n else "fast mode"
 
 
 def _bar(p: float) -> Raw:
@@ -44,7 +55,7 @@ def _bar(p: float) -> Raw:
 
 
 def section(ctx: DemoContext) -> DemoSection:
-    """Explain the sample photos with every registered method; write overlays and the grid."""
+    """Explain the sample photos with every registered method; write the photos and one grid."""
     from featurelens.api import Explainer
     from featurelens.methods import METHODS, method_names
     from featurelens.result import comparison_grid
@@ -73,7 +84,7 @@ def section(ctx: DemoContext) -> DemoSection:
         t0 = time.perf_counter()
         try:
             exps[method] = explainer.explain(
-                x, method, None, method_options={method: _options(method, ctx.quick)}
+                x, method, None, method_options={method: demo_options(method, ctx.full)}
             ).cpu()
         except Exception as exc:  # a broken method must not hide the others
             failures[method] = f"{type(exc).__name__}: {exc}"
@@ -89,34 +100,15 @@ def section(ctx: DemoContext) -> DemoSection:
         original = out / f"{name}.jpg"
         image.save(original, quality=90)
         files.append(f"{SUBDIR}/{original.name}")
-        figs = [
-            figure(
-                image,
-                f"{name} ({image.width}×{image.height})",
-                max_size=260,
-                fmt="jpeg",
-                link=f"{SUBDIR}/{original.name}",
-            )
-        ]
-        for method, exp in exps.items():
-            ov = exp.overlay(image, i)
-            path = out / f"{name}_{method}.png"
-            Image.fromarray(ov).save(path)
-            files.append(f"{SUBDIR}/{path.name}")
-            figs.append(
-                figure(
-                    ov,
-                    Raw(f"<b>{escape(method)}</b> · {escape(pred_name)} {pred_p:.0%}"),
-                    max_size=260,
-                    fmt="jpeg",
-                    link=f"{SUBDIR}/{path.name}",
-                )
-            )
+        photo = figure(
+            image, f"{name} ({image.width}×{image.height})", max_size=200, fmt="jpeg",
+            link=f"{SUBDIR}/{original.name}",
+        )
         cards.append(
-            f"<h3>{escape(name)} → {escape(pred_name)} <span class='muted'>({pred_p:.1%})</span></h3>"
-            f"<div style='display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap'>"
-            f"<div style='width:290px'>{table(rows, ['top-5 class', 'probability'])}</div>"
-            f"<div style='flex:1;min-width:300px'>{gallery(figs, cell=165)}</div></div>"
+            f"<div style='width:420px'><h3>{escape(name)} → {escape(pred_name)} "
+            f"<span class='muted'>({pred_p:.1%})</span></h3>"
+            f"<div style='display:flex;gap:10px;align-items:flex-start'>{photo}"
+            f"<div>{table(rows, ['top-5 class', 'probability'])}</div></div></div>"
         )
         summary_images.append(
             {"photo": name, "class": pred_name, "index": pred, "probability": round(pred_p, 4)}
@@ -124,39 +116,55 @@ def section(ctx: DemoContext) -> DemoSection:
 
     grid_html = ""
     if exps:
-        grid = comparison_grid(images, exps, row_labels=names, cell=160)
+        grid = comparison_grid(images, exps, row_labels=names, cell=128 if len(exps) > 10 else 160)
         grid_path = out / "comparison_grid.png"
         grid.save(grid_path)
         files.append(f"{SUBDIR}/{grid_path.name}")
-        grid_html = "<h3>Comparison grid (photos × methods)</h3>" + figure(
+        grid_html = f"<h3>Comparison grid (photos × {len(exps)} methods)</h3>" + figure(
             grid,
-            "Each row: the photo, then every method's map for the predicted class.",
-            fmt="png",
+            "Each row: the photo, then every method's map for the predicted class (red = strong). "
+            "Click for the full-size PNG.",
+            max_size=max(grid.width, grid.height),
+            fmt="jpeg",
             link=f"{SUBDIR}/{grid_path.name}",
         )
 
+    modes = {m: _mode(m, ctx.full) for m in methods}
     method_rows = []
     for m in methods:
-        opts = _options(m, ctx.quick)
-        mode = "fast mode: " + ", ".join(f"{k}={v}" for k, v in opts.items()) if opts else "exact"
-        if m in failures:
-            mode = "FAILED"
-        method_rows.append((m, getattr(METHODS[m], "reference", "") or "", mode, f"{timings[m]:.2f} s"))
+        mode = "FAILED" if m in failures else modes[m]
+        method_rows.append(
+            (Raw(f"<b>{escape(m)}</b>"), getattr(METHODS[m], "reference", "") or "", mode, f"{timings[m]:.2f} s")
+        )
+    fast = [m for m in methods if modes[m] != "exact"]
+    if ctx.full:
+        mode_note = "<p><b>Full run</b>: every method runs exactly (exact Score-CAM scores every channel).</p>"
+    elif fast:
+        mode_note = (
+            f"<p><b>Fast mode</b> for {', '.join(f'<code>{escape(m)}</code>' for m in fast)} "
+            f"({'; '.join(escape(f'{m}: {modes[m]}') for m in fast)}); every other method is exact. "
+            "Run <code>featurelens demo --full</code> for the exact maps.</p>"
+        )
+    else:
+        mode_note = "<p>Every method runs exactly.</p>"
     intro = (
         f"<p>Model <b>{escape(spec.name)}</b> (ImageNet-1k, offline), explained layer <code>{escape(layer)}</code>. "
-        f"Each overlay shows where the evidence for the <b>predicted class</b> lies (red = strong), for every "
-        f"registered method ({len(methods)}). Probabilities are the model's softmax outputs.</p>"
+        f"The grid shows where the evidence for the <b>predicted class</b> lies (red = strong), for every "
+        f"registered method ({len(methods)}). Probabilities are the model's softmax outputs.</p>" + mode_note
     )
     method_table = "<h3>Methods</h3>" + table(
         method_rows, ["method", "paper", "mode", f"time for {len(images)} photos"]
     )
     if failures:
         method_table += "".join(error_box(f"{m} failed", msg) for m, msg in failures.items())
-    html = intro + "".join(cards) + grid_html + method_table
+    photos_html = "<div style='display:flex;gap:18px;flex-wrap:wrap'>" + "".join(cards) + "</div>"
+    html = intro + photos_html + grid_html + method_table
     summary = {
         "model": spec.name,
         "layer": layer,
         "methods": methods,
+        "modes": modes,
+        "full": ctx.full,
         "failed_methods": failures,
         "seconds": {m: round(t, 3) for m, t in timings.items()},
         "photos": summary_images,
