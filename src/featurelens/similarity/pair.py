@@ -123,11 +123,12 @@ def sfam_from_features(
     rule = rule or DEFAULT_RULES[metric]
     res = compute_cis(fa.pooled, fb.pooled, embedder.head, rule)
     cis = res.cis
-    raw_a, raw_b = combine(cis, fa.activations), combine(cis, fb.activations)
+    cis_b = res.cis_b if res.cis_b is not None else cis
+    raw_a, raw_b = combine(cis, fa.activations), combine(cis_b, fb.activations)
     size_a = size_a or embedder.input_size
     size_b = size_b or embedder.input_size
     return PairExplanation(
-        "sfam", metric, finish(raw_a, size_a), finish(raw_b, size_b), raw_a, raw_b, cis, cis,
+        "sfam", metric, finish(raw_a, size_a), finish(raw_b, size_b), raw_a, raw_b, cis, cis_b,
         similarity(fa.embeddings, fb.embeddings, metric), fa.embeddings, fb.embeddings, res.remainder,
         {"rule": rule, "head": embedder.head.describe(), "layer": embedder.layer},
     )

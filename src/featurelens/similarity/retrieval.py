@@ -265,8 +265,9 @@ def explain_prototype(
     f_proto = fs.pooled.mean(0, keepdim=True)
     res = compute_cis(fq.pooled[:1], f_proto, embedder.head, rule or DEFAULT_RULES[metric])
     cis = res.cis[0]
+    cis_s = (res.cis_b if res.cis_b is not None else res.cis)[0]
     raw_q = combine(cis[None], fq.activations[:1])
-    raw_s = combine(cis[None].expand(xs.shape[0], -1), fs.activations)
+    raw_s = combine(cis_s[None].expand(xs.shape[0], -1), fs.activations)
     return PrototypeExplanation(
         float(similarity(fq.embeddings[:1], proto, metric)[0]), cis, finish(raw_q, xq.shape[-2:])[0],
         finish(raw_s, xs.shape[-2:]), raw_q[0], raw_s, proto[0],
