@@ -77,3 +77,18 @@ def test_retrieve_ranks_by_distance(tmp_path, capsys):
     scores = [h["score"] for h in m["hits"]]
     assert scores == sorted(scores) and Path(m["hits"][-1]["file"]).stem == "biden"
     assert m["skipped_count"] == 1 and "rank1_hit.png" in m["files"]
+
+
+@pytest.mark.slow
+def test_demo_face_part(tmp_path):
+    from featurelens.demo import DemoContext
+    from featurelens.similarity.demo import SUBDIR, _faces_part
+
+    (tmp_path / SUBDIR).mkdir()
+    files: list[str] = []
+    summary: dict = {}
+    html = _faces_part(DemoContext(tmp_path, quick=True, log=lambda s: None), tmp_path / SUBDIR, files, summary)
+    assert summary["face_decision_obama_obama2"] == "same" and summary["face_decision_obama_obama3"] == "same"
+    assert summary["face_decision_obama_biden"] == "different" and summary["face_distance_obama_biden"] > 0.6
+    assert len(files) == 6 and all((tmp_path / f).is_file() for f in files)
+    assert "same person" in html and "different" in html

@@ -126,6 +126,12 @@ class Embedder:
     class_names: Sequence[str] | None = None
     notes: dict[str, str] = field(default_factory=dict)
     check_head: bool = True
+    #: per-metric default SFAM CIS rule for this model (chosen by measurement), else the global default
+    default_rules: dict[str, str] = field(default_factory=dict)
+
+    def rule_for(self, metric: str, rule: str | None = None) -> str | None:
+        """``rule`` if given, else this model's default for ``metric`` (None: the global default)."""
+        return rule or self.default_rules.get(metric)
 
     def __post_init__(self) -> None:
         resolve_layer(self.model, self.layer)  # typed error for an unknown layer

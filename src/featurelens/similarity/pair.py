@@ -120,7 +120,7 @@ def sfam_from_features(
 ) -> PairExplanation:
     """SFAM from already captured features (used by retrieval and few-shot)."""
     _check_metric(metric)
-    rule = rule or DEFAULT_RULES[metric]
+    rule = embedder.rule_for(metric, rule) or DEFAULT_RULES[metric]
     res = compute_cis(fa.pooled, fb.pooled, embedder.head, rule)
     cis = res.cis
     cis_b = res.cis_b if res.cis_b is not None else cis

@@ -263,7 +263,7 @@ def explain_prototype(
     fq, fs = embedder.run_pairs(xq, xs) if xq.shape[0] == xs.shape[0] else (embedder.run(xq), embedder.run(xs))
     proto = fs.embeddings.mean(0, keepdim=True)
     f_proto = fs.pooled.mean(0, keepdim=True)
-    res = compute_cis(fq.pooled[:1], f_proto, embedder.head, rule or DEFAULT_RULES[metric])
+    res = compute_cis(fq.pooled[:1], f_proto, embedder.head, embedder.rule_for(metric, rule) or DEFAULT_RULES[metric])
     cis = res.cis[0]
     cis_s = (res.cis_b if res.cis_b is not None else res.cis)[0]
     raw_q = combine(cis[None], fq.activations[:1])
