@@ -15,7 +15,8 @@ differences are read pair by pair. Face-box energy: the share of the map's
 mass inside the detector's face box (mapped into the chip); the random map gives the chance level.
 
 Methods: SFAM with each Euclidean CIS rule (``euclidean``, ``euclidean_exact``, ``euclidean_gradact``),
-Grad-CAM and Grad-CAM++ of ``−d`` (other embedding fixed), Stylianou et al.'s decomposition and a
+Grad-CAM and Grad-CAM++ of ``−d`` (other embedding fixed), Stylianou et al.'s decomposition, a
+centre prior (a fixed Gaussian on the chip centre, σ = 37.5 px: no model involved) and a
 random map (uniform noise at the feature resolution, 2×2 here, upsampled; 3 seeds averaged). All maps
 are read at dlib's last feature layer ``stage5`` (2×2×256), the only one its GAP → fc head reads.
 
@@ -43,6 +44,7 @@ import torch
 from PIL import Image, ImageOps
 
 from featurelens.metrics import deletion_curve
+from featurelens.metrics.baselines import centre_gaussian_maps, random_maps
 from featurelens.metrics.scoring import similarity_score_fn
 from featurelens.similarity.cis import EUCLIDEAN_RULES
 from featurelens.similarity.embedding import Embedder, load_embedder
@@ -50,7 +52,8 @@ from featurelens.similarity.faces import box_in_chip, detect_faces, face_photo
 from featurelens.similarity.pair import explain_pair
 
 CLOCK = time.process_time
-METHODS = [*(("sfam", r) for r in EUCLIDEAN_RULES), ("gradcam", None), ("gradcam++", None), ("stylianou", None), ("random", None)]
+METHODS = [*(("sfam", r) for r in EUCLIDEAN_RULES), ("gradcam", None), ("gradcam++", None), ("stylianou", None),
+           ("random", None), ("centre", None)]
 
 
 def label(method: str, rule: str | None) -> str:
@@ -86,10 +89,11 @@ def maps_for(emb: Embedder, xa: torch.Tensor, xb: torch.Tensor, method: str, rul
 
 
 def tie_break(maps: torch.Tensor, seed: int = 123) -> torch.Tensor:
-    """Maps plus a 1e-6 seeded pixel noise, so that ties (e.g. an all-zero map) are ordered at random
-    rather than row by row from the top of the chip, for every method alike."""
-    g = torch.Generator().manual_seed(seed)
-    return maps.detach().float() + 1e-6 * torch.rand(maps.shape, generator=g)
+    """Maps plus 1e-6 × a seeded random map at the feature resolution (2×2, upsampled), so that ties
+    (e.g. an all-zero map) are ordered like a draw of the random baseline rather than row by row from
+    the top of the chip, for every method alike. (Pixel-level noise would not do: scattered deletion
+    is a different, harsher perturbation than deleting regions.)"""
+    return maps.detach().float() + 1e-6 * random_maps(maps.shape[0], tuple(maps.shape[-2:]), cells=2, seed=seed)
 
 
 def auc(emb: Embedder, x: torch.Tensor, ref: torch.Tensor, maps: torch.Tensor, steps: int, mode: str) -> torch.Tensor:
@@ -177,17 +181,18 @@ def main() -> None:
             # 5 seeded random maps, each evaluated; per-image AUCs averaged over the seeds
             dels, ins, en = [], [], []
             for seed in range(3):
-                g = torch.Generator().manual_seed(seed)
-                noise = torch.rand(xs.shape[0], 1, 2, 2, generator=g)
-                m = torch.nn.functional.interpolate(noise, size=(150, 150), mode="bilinear", align_corners=False)[:, 0]
+                m = random_maps(xs.shape[0], (150, 150), cells=2, seed=seed)
                 dels.append(auc(emb, xs, refs, m, steps, "deletion"))
                 ins.append(auc(emb, xs, refs, m, steps, "insertion"))
                 en.append(box_energy(m, bx))
             dl, il, energy = torch.stack(dels).mean(0), torch.stack(ins).mean(0), torch.stack(en).mean(0)
             empty = 0
         else:
-            ma, mb = maps_for(emb, xa, xb, method, rule)
-            m = torch.cat([ma, mb])
+            if method == "centre":  # a fixed Gaussian on the chip centre (σ = 0.25 · 150): a prior, not an explanation
+                m = centre_gaussian_maps(xs.shape[0], (150, 150))
+            else:
+                ma, mb = maps_for(emb, xa, xb, method, rule)
+                m = torch.cat([ma, mb])
             dl = auc(emb, xs, refs, m, steps, "deletion")
             il = auc(emb, xs, refs, m, steps, "insertion")
             energy = box_energy(m, bx)
@@ -208,12 +213,18 @@ def main() -> None:
     ci_del = bootstrap_tie(per_pair["deletion"], best_del, True)
     ci_ins = bootstrap_tie(per_pair["insertion"], best_ins, False)
     rand_d = per_pair["deletion"]["random"]
+    sfam_rows = {k: r for k, r in rows.items() if k.startswith("sfam[") and r["empty_maps"] <= len(pr) // 10}
+    chosen = None
+    if sfam_rows:  # the default: among SFAM rules whose maps are not empty (≤ 10 %), the best mean rank on both curves
+        order_d = sorted(sfam_rows, key=lambda k: rows[k]["deletion"])
+        order_i = sorted(sfam_rows, key=lambda k: -rows[k]["insertion"])
+        chosen = min(sfam_rows, key=lambda k: order_d.index(k) + order_i.index(k))
     for name, r in rows.items():
         r["deletion_tied_with_best"] = bool(ci_del[name][0] <= 0 <= ci_del[name][1]) or name == best_del
         r["insertion_tied_with_best"] = bool(ci_ins[name][0] <= 0 <= ci_ins[name][1]) or name == best_ins
         r["beats_random_deletion_fraction"] = float((per_pair["deletion"][name] < rand_d).mean())
         r["deletion_ci_vs_best"], r["insertion_ci_vs_best"] = ci_del[name], ci_ins[name]
-    print(f"\nbest deletion: {best_del}; best insertion: {best_ins}")
+    print(f"\nbest deletion: {best_del}; best insertion: {best_ins}; chosen SFAM default (non-empty maps): {chosen}")
     print("\n| method | deletion AUC ↓ | insertion AUC ↑ | face-box energy | beats random (deletion) | tied with best (del / ins) | empty maps |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
@@ -228,7 +239,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"pairs": len(pr), "same": int(same.sum()), "distances": d.tolist(),
-                                               "decision_agreement": agree, "methods": rows, "speed": sp}, indent=1))
+                                               "decision_agreement": agree, "methods": rows, "speed": sp, "chosen": chosen}, indent=1))
 
 
 if __name__ == "__main__":
