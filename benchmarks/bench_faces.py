@@ -147,6 +147,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--speed-only", action="store_true", help="only the SFAM / Grad-CAM cost ratios")
     args = ap.parse_args()
     torch.set_num_threads(1)
     import os
@@ -154,6 +155,14 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.1f} (2 cores)", flush=True)
     emb = load_embedder("dlib_face")
     names, ims, boxes = chips()
+    if args.speed_only:
+        x = emb.prepare(ims)
+        for k in (1, 4):
+            sp = speed(emb, x[:k], x[4 : 4 + k], args.repeats)
+            print(f"speed ({k} pair(s), 1 thread, CPU time, median of {args.repeats}): forward {sp['forward_ms']:.1f} ms, "
+                  f"SFAM {sp['sfam_ms']:.1f} ms ({sp['sfam_ratio']:.3f}×), Grad-CAM {sp['gradcam_ms']:.1f} ms ({sp['gradcam_ratio']:.3f}×)")
+        print(f"load average {os.getloadavg()[0]:.1f}")
+        return
     pr = pairs(names)
     if args.quick:
         pr = [p for p in pr if p[2]][:3] + [p for p in pr if not p[2]][:3]
