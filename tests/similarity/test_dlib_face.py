@@ -20,7 +20,6 @@ from featurelens.models.dlib_face import (
 )
 from featurelens.similarity.faces import face_photo, face_photo_names
 
-dlib = pytest.importorskip("dlib")
 PHOTOS = ["obama", "obama2", "obama3", "biden"]
 
 
@@ -29,6 +28,7 @@ def reference():
     """dlib's own chips, shapes and descriptors (``compute_face_descriptor``) for each photo."""
     from PIL import Image
 
+    dlib = pytest.importorskip("dlib")
     folder = model_path().parent
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat"))

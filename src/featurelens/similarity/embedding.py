@@ -283,6 +283,8 @@ def _dlib_face() -> Embedder:
         notes={"model": "dlib's face-recognition ResNet (metric loss), 150×150 aligned chips → 128-d",
                "threshold": f"same person when the Euclidean distance < {SAME_PERSON_THRESHOLD}",
                "faces": "photos are detected and aligned by featurelens.similarity.faces (dlib-bin)"},
+        # chosen by benchmarks/bench_faces.py: the only Euclidean rule whose maps are not emptied by the ReLU
+        default_rules={"euclidean": "euclidean"},
     )
 
 
