@@ -94,7 +94,7 @@ class Conn:
                 self.close()  # the server closed the idle keep-alive connection: reconnect once, as browsers do
                 if fresh:
                     raise HttpError("closed") from None
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, HttpError, ValueError) as exc:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
                 self.close()
                 raise HttpError(type(exc).__name__) from None
         raise AssertionError("unreachable")
@@ -346,12 +346,12 @@ async def big_body(port: int, size: int, stop_at: float) -> str:
             await writer.drain()
         line = await asyncio.wait_for(reader.readline(), max(1.0, stop_at - time.monotonic()))
         return line.decode("latin-1").strip() or "closed"
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as exc:
+    except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
         try:
             line = await asyncio.wait_for(reader.readline(), 1.0)  # a 413 may be waiting in the buffer
             if line:
                 return line.decode("latin-1").strip()
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             pass
         return type(exc).__name__
     finally:
