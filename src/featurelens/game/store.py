@@ -507,6 +507,8 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
 
 
 def _own_round(s: OrmSession, player_id: int, round_id: int) -> Round:
+    if not 0 < round_id < 2**63:  # a database integer: a larger id cannot exist (and would not bind)
+        raise NotFound("no such round")
     rnd = s.get(Round, round_id)
     if rnd is None or rnd.player_id != player_id:  # someone else's round looks exactly like a missing one
         raise NotFound("no such round")
@@ -734,7 +736,7 @@ def asset(db: Database, player_id: int, round_id: int, kind: str) -> bytes:
     the round is open; the full photo and the overlay only once it is finished."""
     with db.read() as s:
         rnd = _own_round(s, player_id, round_id)
-        if kind.startswith("r") and kind[1:].isdigit():
+        if re.fullmatch(r"r[0-9]{1,2}", kind):  # ASCII digits only: "r²" and "r" + 5,000 digits are no step
             if int(kind[1:]) > rnd.reveal_step and rnd.status == "open":
                 raise NotFound("not revealed yet")
             data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == rnd.cluster_pk,
