@@ -303,6 +303,21 @@ def group_rss_mb(pgid: int) -> float:
     return total / 1024
 
 
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of the server's process group."""
+    ticks = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                ticks += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -410,6 +425,7 @@ async def run_load(scenario: str, backend: str, db_url: str, args: argparse.Name
     t0 = time.monotonic()
     until = t0 + args.duration
     rss0 = group_rss_mb(proc.pid)
+    cpu0, client0 = group_cpu_s(proc.pid), time.process_time()
     tasks = [asyncio.create_task(p.play(until)) for p in players]
     health: list[float] = []
     health_fail: list[str] = []
@@ -434,8 +450,12 @@ async def run_load(scenario: str, backend: str, db_url: str, args: argparse.Name
         print(f"[{backend}/{scenario}] back after {k1 - k0:.1f} s", flush=True)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.monotonic() - t0
+    server_cpu = group_cpu_s(proc.pid) - (cpu0 if scenario != "kill" else 0.0)
+    client_cpu = time.process_time() - client0
     load1 = loadavg()
-    client_errors = [str(r) for r in results if isinstance(r, BaseException)]
+    # a player still waiting for the restarted server at the deadline is no server error; an answer is
+    client_errors = [str(r) for r in results if isinstance(r, BaseException)
+                     and (scenario != "kill" or "answer" in str(r))]
     try:
         conn = Conn(port, timeout=120)
         status, _h, payload = await conn.request("GET", "/api/admin/campaigns/load/export?format=jsonl",
@@ -473,6 +493,9 @@ async def run_load(scenario: str, backend: str, db_url: str, args: argparse.Name
         "labels_acked": sum(acked.values()), "labels_exported": sum(rows.values()),
         "exact": acked == rows and all(v == 1 for v in answers.values()) and all(v == 1 for v in rows.values()),
         "kill_downtime_s": downtime or None,
+        # CPU per answered game request (load-independent): server processes (all workers) and this client
+        "server_cpu_ms_per_req": 1000 * server_cpu / max(len(game), 1) if scenario != "kill" else float("nan"),
+        "client_cpu_ms_per_req": 1000 * client_cpu / max(len(game), 1),
     }
     if scenario == "bodies":
         res.update(healthz_p99_ms=pct(health, 99), healthz_max_ms=1000 * max(health) if health else None,
@@ -500,7 +523,8 @@ def verdict(r: dict) -> str:
 
 def table(results: list[dict]) -> str:
     out = ["| scenario | backend | load avg | req/s | p50 | p90 | p99 | max | errors | labels ack = export "
-           "(exact) | other | target met |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+           "(exact) | CPU ms/req server + client | other | target met |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
     for r in results:
         other = ""
         if r["scenario"] == "kill":
@@ -511,7 +535,8 @@ def table(results: list[dict]) -> str:
         out.append(f"| {r['scenario']} | {r['backend']} | {r['load_avg'][0]:.1f}–{r['load_avg'][1]:.1f} | "
                    f"{r['requests_per_s']:.0f} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | "
                    f"{r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['errors']} | "
-                   f"{r['labels_acked']} = {r['labels_exported']} ({'yes' if r['exact'] else 'NO'}) | {other} | "
+                   f"{r['labels_acked']} = {r['labels_exported']} ({'yes' if r['exact'] else 'NO'}) | "
+                   f"{r['server_cpu_ms_per_req']:.1f} + {r['client_cpu_ms_per_req']:.1f} | {other} | "
                    f"{verdict(r)} |")
     return "\n".join(out)
 
