@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import random
@@ -285,36 +286,35 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(15)
 
 
-def group_rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the server's process group (supervisor + workers), MB."""
-    total = 0
+def _group_pids(pgid: int) -> list[str]:
+    """The live processes of the server's process group (supervisor + workers)."""
+    pids = []
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
         try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            for line in Path(f"/proc/{d}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            if d.isdigit() and int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(d)
         except (OSError, ValueError, IndexError):
             continue
+    return pids
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of the server's processes, MB."""
+    total = 0
+    for d in _group_pids(pgid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{d}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
     return total / 1024
 
 
 def group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) used so far by the live processes of the server's process group."""
+    """CPU seconds (user + system) used so far by the server's live processes."""
     ticks = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
+    for d in _group_pids(pgid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid:
-                ticks += int(fields[11]) + int(fields[12])
-        except (OSError, ValueError, IndexError):
-            continue
+            ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -126,7 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         limits = Limits(max_body=args.max_body, max_import_body=args.max_import_body,
                         body_timeout=args.body_timeout, header_timeout=args.header_timeout,
-                        keep_alive_timeout=args.keep_alive_timeout, max_idle=args.max_idle_connections)
+                        keep_alive_timeout=args.keep_alive_timeout, max_idle=args.max_idle)
     except ValueError as exc:
         raise FeaturelensError(f"game serve: {exc}") from None
     url = _db_url(args)
@@ -181,18 +181,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--gold-rate", type=float, default=0.1, help="share of rounds served on gold maps")
     q.add_argument("--log-level", default="warning")
     d = _limit_defaults()
-    q.add_argument("--max-body", type=int, default=d.max_body, metavar="BYTES",
-                   help=f"request body cap, answered 413 (default {d.max_body})")
-    q.add_argument("--max-import-body", type=int, default=d.max_import_body, metavar="BYTES",
-                   help=f"body cap of the admin import (default {d.max_import_body})")
-    q.add_argument("--header-timeout", type=float, default=d.header_timeout, metavar="S",
-                   help=f"seconds to send a complete request head (default {d.header_timeout:g})")
-    q.add_argument("--body-timeout", type=float, default=d.body_timeout, metavar="S",
-                   help=f"seconds to send a whole request body (default {d.body_timeout:g})")
-    q.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_timeout, metavar="S",
-                   help=f"idle seconds between two requests on a connection (default {d.keep_alive_timeout:g})")
-    q.add_argument("--max-idle-connections", type=int, default=d.max_idle, metavar="N",
-                   help=f"idle connections per worker; the oldest beyond N is closed (default {d.max_idle})")
+    for flag, field, kind, metavar, text in (
+        ("--max-body", "max_body", int, "BYTES", "request body cap, answered 413"),
+        ("--max-import-body", "max_import_body", int, "BYTES", "body cap of the admin import"),
+        ("--header-timeout", "header_timeout", float, "S", "seconds to send a complete request head"),
+        ("--body-timeout", "body_timeout", float, "S", "seconds to send a whole request body"),
+        ("--keep-alive-timeout", "keep_alive_timeout", float, "S", "idle seconds between two requests"),
+        ("--max-idle-connections", "max_idle", int, "N", "idle connections per worker; the oldest beyond N is closed"),
+    ):
+        default = getattr(d, field)
+        q.add_argument(flag, dest=field, type=kind, default=default, metavar=metavar, help=f"{text} (default {default:{'g' if kind is float else 'd'}})")
     q.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
                    help="connections + running requests per worker before uvicorn answers 503 (default: none)")
     common(q, server=False)
