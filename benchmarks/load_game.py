@@ -455,7 +455,7 @@ async def run_load(scenario: str, backend: str, db_url: str, args: argparse.Name
     load1 = loadavg()
     # a player still waiting for the restarted server at the deadline is no server error; an answer is
     client_errors = [str(r) for r in results if isinstance(r, BaseException)
-                     and (scenario != "kill" or "answer" in str(r))]
+                     and (scenario != "kill" or str(r).startswith("answer"))]
     try:
         conn = Conn(port, timeout=120)
         status, _h, payload = await conn.request("GET", "/api/admin/campaigns/load/export?format=jsonl",
