@@ -70,7 +70,7 @@ MAX_LABELS = 5
 MAX_LABEL_CHARS = 48
 SESSION_DAYS = 30
 # bulk UPDATEs whose rows the transaction refreshes itself (or never loaded): skip the ORM's session
-# synchronisation (for expressions like max(open_count - 1, 0) it runs an extra SELECT)
+# synchronisation (an evaluation in Python, or a fetch for expressions like max(open_count - 1, 0))
 _NO_SYNC = {"synchronize_session": False}
 
 
