@@ -8,7 +8,8 @@ player signs up first (argon2 is deliberately expensive); the timed window start
 
 Scenarios (``--scenarios``, each run on every backend of ``--backends``):
 
-``think``       100 players, think time uniform in [0, 6] s before every request after the first (mean 3 s);
+``think``       100 players, think time uniform in [0, 6] s before every request of a round but the image
+                fetches and before the first round (so players start at random offsets; mean 3 s);
 ``saturation``  the same players without think time;
 ``kill``        ``think``, with SIGKILL of the whole server at half time and a restart; the players retry,
                 answers with the same idempotency key;
@@ -201,6 +202,7 @@ class Player:
 
     async def play(self, until: float) -> None:
         self.deadline = until
+        await self.pause()  # players arrive at random offsets, not all in the same millisecond
         while time.monotonic() < until:
             status, payload = await self.call("next", "POST", "/api/rounds", {"campaign": "load"},
                                               {"X-Admin-Token": ADMIN})
