@@ -529,16 +529,19 @@ def table(results: list[dict]) -> str:
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
     for r in results:
         other = ""
+        cpu = "–" if r["scenario"] == "kill" else \
+            f"{r['server_cpu_ms_per_req']:.1f} + {r['client_cpu_ms_per_req']:.1f}"
         if r["scenario"] == "kill":
             other = f"down {r['kill_downtime_s']:.1f} s, {r['replayed']} replayed"
         if r["scenario"] == "bodies":
+            ends = sorted({"413" if " 413 " in b else ("reset" if "Reset" in b else b[:20]) for b in r["bodies"]})
             other = (f"/healthz p99 {r['healthz_p99_ms']:.0f} ms, memory +{r['rss_growth_mb']:.0f} MB, "
-                     f"bodies: {', '.join(sorted(set(b[:12] for b in r['bodies'])))}")
+                     f"4 × 50 MB: {'/'.join(ends)}")
         out.append(f"| {r['scenario']} | {r['backend']} | {r['load_avg'][0]:.1f}–{r['load_avg'][1]:.1f} | "
                    f"{r['requests_per_s']:.0f} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | "
                    f"{r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['errors']} | "
                    f"{r['labels_acked']} = {r['labels_exported']} ({'yes' if r['exact'] else 'NO'}) | "
-                   f"{r['server_cpu_ms_per_req']:.1f} + {r['client_cpu_ms_per_req']:.1f} | {other} | "
+                   f"{cpu} | {other} | "
                    f"{verdict(r)} |")
     return "\n".join(out)
 
