@@ -1,71 +1,278 @@
-"""Load test of the labelling game: N simulated players against a live server on loopback.
+"""Load test of the labelling game: simulated players against a live server on loopback (127.0.0.1 only).
 
-For each backend (SQLite WAL, PostgreSQL) the script
+One asyncio client (a small keep-alive HTTP/1.1 client on asyncio streams, so that the client's own CPU
+use stays low on the shared 2-core machine) drives ``featurelens game serve --workers W`` through the real
+JSON API. Each player has its own session and connection; a round is: next round, its image, 0–2
+"show more" each with its image, then a guess (or give-up) with labels and an idempotency key. Every
+player signs up first (argon2 is deliberately expensive); the timed window starts when all have.
 
-1. builds a synthetic bundle (real scikit-image photos, synthetic cluster maps) and imports it;
-2. starts ``featurelens game serve --workers W`` on a free 127.0.0.1 port (never another host);
-3. runs N concurrent simulated players (threads, one ``httpx.Client`` each, no think time) for T seconds,
-   through the real HTTP API (sign-up, next round, image, show more, guess/give up with labels);
-4. at ``--kill-at`` (fraction of T) sends SIGKILL to the whole server (no clean shutdown) and restarts it;
-   the players retry every request, answers with the same idempotency key;
-5. exports the campaign through the admin API and checks that the exported label rows are exactly the
-   acknowledged answers' labels: nothing lost, nothing doubled;
-6. prints requests/s and p50/p99 latency (per kind and overall).
+Scenarios (``--scenarios``, each run on every backend of ``--backends``):
 
-Bounded: at most ``--duration`` seconds of load per backend plus a 60 s grace period for in-flight
-answers; the server is always stopped at the end. Timings on a shared machine are noisy: compare the
-backends measured in the same run rather than absolute numbers.
+``think``       100 players, think time uniform in [0, 6] s before every request of a round but the image
+                fetches and before the first round (so players start at random offsets; mean 3 s);
+``saturation``  the same players without think time;
+``kill``        ``think``, with SIGKILL of the whole server at half time and a restart; the players retry,
+                answers with the same idempotency key;
+``bodies``      ``think`` while 4 anonymous clients each send a 50 MB body to ``POST /api/rounds/1/guess``;
+                ``/healthz`` is probed every 100 ms, and the server's memory (RSS of all its processes) is
+                sampled every 100 ms.
 
-    python benchmarks/load_game.py --players 100 --duration 60
-    python benchmarks/load_game.py --players 20 --duration 10 --backends sqlite      # a quick check
+After each run the campaign is exported through the admin API and compared with the acknowledged answers:
+``exact`` means every acknowledged label is exported exactly once and nothing else is. Latency percentiles
+cover game requests (next, image, reveal, answer) the server was up for; ``errors`` counts connection
+errors, timeouts and 5xx outside a kill window. The printed table is the README's; the load average
+(``/proc/loadavg``) is printed next to every row, because the machine is shared.
+
+    python benchmarks/load_game.py                                   # all scenarios, both backends
+    python benchmarks/load_game.py --scenarios think --backends sqlite --duration 20   # a quick check
+
+PostgreSQL needs ``--pg-url`` or ``$FEATURELENS_TEST_DATABASE_URL`` (``scripts/pg.sh`` starts a server).
+Bounded: at most 500 players and 600 s per run, plus a 60 s grace period for answers in flight; the
+server is always stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 ADMIN = "load-test-admin-" + uuid.uuid4().hex
+HOST = "127.0.0.1"  # never anything else
+WORDS = ["fur", "ear", "eye", "wheel", "sky", "edge", "face", "stripes", "metal", "leaf", "handle", "cup"]
+GAME_KINDS = ("next", "image", "reveal", "answer")
+TARGETS = {  # scenario -> (p99 bound in ms or None, requests/s floor or None) of issue 14
+    ("think", "sqlite"): (100.0, None), ("think", "postgres"): (150.0, None),
+    ("saturation", "sqlite"): (1000.0, 400.0), ("saturation", "postgres"): (1000.0, 400.0),
+}
 
 
+# ---------------------------------------------------------------------------
+# a minimal keep-alive HTTP/1.1 client
+# ---------------------------------------------------------------------------
+class HttpError(Exception):
+    pass
+
+
+class _Stale(Exception):
+    """The connection was closed before any byte of the response arrived."""
+
+
+class Conn:
+    """One keep-alive connection to ``127.0.0.1:port``; reconnects after a close or an error."""
+
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
+        self.port, self.timeout = port, timeout
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.cookies: dict[str, str] = {}
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, body: object = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        for fresh in (self.writer is None, True):
+            try:
+                return await asyncio.wait_for(self._request(method, path, body, headers or {}), self.timeout)
+            except _Stale:
+                self.close()  # the server closed the idle keep-alive connection: reconnect once, as browsers do
+                if fresh:
+                    raise HttpError("closed") from None
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, HttpError, ValueError) as exc:
+                self.close()
+                raise HttpError(type(exc).__name__) from None
+        raise AssertionError("unreachable")
+
+    async def _request(self, method: str, path: str, body: object, headers: dict[str, str]):  # type: ignore[no-untyped-def]
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(HOST, self.port)
+        data = b"" if body is None else json.dumps(body).encode()
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {HOST}:{self.port}", f"Content-Length: {len(data)}"]
+        if body is not None:
+            lines.append("Content-Type: application/json")
+        if self.cookies:
+            lines.append("Cookie: " + "; ".join(f"{k}={v}" for k, v in self.cookies.items()))
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        assert self.writer is not None and self.reader is not None
+        try:
+            self.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+            await self.writer.drain()
+            status_line = await self.reader.readline()
+        except (ConnectionResetError, BrokenPipeError):
+            raise _Stale() from None
+        if not status_line:
+            raise _Stale()
+        status = int(status_line.split()[1])
+        resp_headers: dict[str, str] = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            k, _, v = line.decode("latin-1").partition(":")
+            k, v = k.strip().lower(), v.strip()
+            if k == "set-cookie":
+                name, _, rest = v.partition("=")
+                value = rest.split(";", 1)[0]
+                if value in ("", '""') or "max-age=0" in v.lower():
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = value
+            resp_headers[k] = v
+        n = int(resp_headers.get("content-length", "0"))
+        payload = await self.reader.readexactly(n) if n and method != "HEAD" else b""
+        if resp_headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, resp_headers, payload
+
+
+# ---------------------------------------------------------------------------
+# players
+# ---------------------------------------------------------------------------
+@dataclass
+class Stats:
+    latencies: list[tuple[str, float, float]] = field(default_factory=list)  # kind, seconds, sent (monotonic)
+    failures: list[tuple[str, str, float]] = field(default_factory=list)  # kind, what, sent
+    acked: list[tuple[str, str, tuple[str, ...], bool]] = field(default_factory=list)  # player, cluster, labels, replayed
+    requests: int = 0
+
+
+class Player:
+    def __init__(self, i: int, port: int, stats: Stats, think: float, rng: random.Random) -> None:
+        self.name, self.password = f"load{i:03d}", "correct horse battery"
+        self.c = Conn(port)
+        self.stats, self.think, self.rng = stats, think, rng
+        self.csrf = ""
+        self.deadline = float("inf")
+
+    async def call(self, kind: str, method: str, path: str, body: object = None,
+                   headers: dict[str, str] | None = None, must_finish: bool = False) -> tuple[int, bytes]:
+        """One request, retried on connection errors and 5xx until the deadline (+60 s for answers)."""
+        delay = 0.05
+        while True:
+            sent = time.monotonic()
+            self.stats.requests += 1
+            try:
+                status, _h, payload = await self.c.request(method, path, body,
+                                                           {"X-CSRF-Token": self.csrf, **(headers or {})})
+            except HttpError as exc:
+                status, payload, what = 0, b"", str(exc)
+            else:
+                what = f"HTTP {status}"
+            if 0 < status < 500:
+                self.stats.latencies.append((kind, time.monotonic() - sent, sent))
+                return status, payload
+            self.stats.failures.append((kind, what, sent))
+            if time.monotonic() + delay > self.deadline + (60.0 if must_finish else 0.0):
+                raise HttpError(f"{kind} not answered before the deadline")
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
+
+    async def pause(self) -> None:
+        if self.think > 0:
+            await asyncio.sleep(self.rng.uniform(0.0, self.think))
+
+    async def signup(self) -> None:
+        _s, payload = await self.call("csrf", "GET", "/api/csrf")
+        self.csrf = json.loads(payload)["csrf_token"]
+        body = {"username": self.name, "password": self.password}
+        status, payload = await self.call("signup", "POST", "/api/signup", body)
+        if status == 409:
+            status, payload = await self.call("login", "POST", "/api/login", body)
+        if status not in (200, 201):
+            raise HttpError(f"sign-up failed: {status} {payload[:200]!r}")
+        self.csrf = json.loads(payload)["csrf_token"]
+
+    async def play(self, until: float) -> None:
+        self.deadline = until
+        await self.pause()  # players arrive at random offsets, not all in the same millisecond
+        while time.monotonic() < until:
+            status, payload = await self.call("next", "POST", "/api/rounds", {"campaign": "load"},
+                                              {"X-Admin-Token": ADMIN})
+            if status == 404:
+                return
+            rnd = json.loads(payload)["round"]
+            await self.call("image", "GET", rnd["image_url"])
+            for _ in range(self.rng.randint(0, 2)):
+                await self.pause()
+                status, payload = await self.call("reveal", "POST", f"/api/rounds/{rnd['id']}/reveal",
+                                                  {"to_step": rnd["reveal_step"] + 1})
+                if status == 200:
+                    rnd = json.loads(payload)["round"]
+                await self.call("image", "GET", rnd["image_url"])
+            await self.pause()
+            labels = self.rng.sample(WORDS, self.rng.randint(1, 3))
+            key = uuid.uuid4().hex
+            if self.rng.random() < 0.15:
+                path, body = f"/api/rounds/{rnd['id']}/give-up", {"labels": labels}
+            else:
+                path = f"/api/rounds/{rnd['id']}/guess"
+                body = {"guessed_class": self.rng.choice(rnd["class_names"]), "labels": labels}
+            status, payload = await self.call("answer", "POST", path, body, {"Idempotency-Key": key},
+                                              must_finish=True)
+            if status not in (200, 201):
+                raise HttpError(f"answer refused: {status} {payload[:200]!r}")
+            data = json.loads(payload)
+            fin = data["round"]
+            self.stats.acked.append((self.name, fin["cluster_id"], tuple(x["text"] for x in fin["labels"]),
+                                     bool(data["replayed"])))
+            await self.pause()
+
+
+# ---------------------------------------------------------------------------
+# the server
+# ---------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
-def start(db_url: str, port: int, workers: int, log: Path) -> subprocess.Popen:
+def start(db_url: str, port: int, workers: int, log: Path, extra: list[str]) -> subprocess.Popen:
     env = {**os.environ, "FEATURELENS_ADMIN_TOKEN": ADMIN}
     return subprocess.Popen(
-        [sys.executable, "-m", "featurelens.cli.main", "game", "serve", "--database-url", db_url, "--host",
-         "127.0.0.1", "--port", str(port), "--workers", str(workers), "--rate-limit", "off", "--gold-rate", "0"],
+        [sys.executable, "-m", "featurelens.cli.main", "game", "serve", "--database-url", db_url, "--host", HOST,
+         "--port", str(port), "--workers", str(workers), "--rate-limit", "off", "--gold-rate", "0", *extra],
         env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> float:
-    import httpx
+def http_get(port: int, path: str, timeout: float = 1.0) -> int:
+    import http.client
 
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def wait_ready(proc: subprocess.Popen, port: int, timeout: float = 180.0) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with code {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+            if http_get(port, "/healthz") == 200:
                 return time.monotonic() - t0
-        except httpx.HTTPError:
+        except OSError:
             pass
         time.sleep(0.1)
     raise RuntimeError("server did not become ready")
@@ -81,6 +288,42 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(15)
 
 
+def _group_pids(pgid: int) -> list[str]:
+    """The live processes of the server's process group (supervisor + workers)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                pids.append(d)
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def group_rss_mb(pgid: int) -> float:
+    """Resident memory of the server's processes, MB."""
+    total = 0
+    for d in _group_pids(pgid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{d}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:"))
+    return total / 1024
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the server's live processes."""
+    ticks = 0
+    for d in _group_pids(pgid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def pg_database(base_url: str) -> str:
     """A fresh database on the PostgreSQL server of ``base_url``."""
     from sqlalchemy import create_engine, text
@@ -94,169 +337,271 @@ def pg_database(base_url: str) -> str:
     return make_url(base_url).set(database=name).render_as_string(hide_password=False)
 
 
-def run_backend(name: str, db_url: str, bundle: Path, args: argparse.Namespace, work: Path) -> dict:
-    import httpx
+# ---------------------------------------------------------------------------
+# abuse traffic for the "bodies" scenario
+# ---------------------------------------------------------------------------
+async def big_body(port: int, size: int, stop_at: float) -> str:
+    """Send an anonymous POST with a ``size``-byte JSON list as fast as the server reads it; return how
+    it ended (the server's status line, or the error)."""
+    try:
+        reader, writer = await asyncio.open_connection(HOST, port)
+    except OSError as exc:
+        return type(exc).__name__
+    head = (f"POST /api/rounds/1/guess HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n\r\n").encode()
+    chunk = b'"aaaaaaa",' * 100_000  # 1 MB
+    try:
+        writer.write(head + b"[")
+        sent = 1
+        while sent < size - 1 and time.monotonic() < stop_at:
+            part = chunk[: size - 1 - sent]
+            writer.write(part)
+            sent += len(part)
+            await writer.drain()
+        if sent >= size - 1:
+            writer.write(b'"]'[-(size - sent):] if size - sent < 2 else b"]")
+            await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), max(1.0, stop_at - time.monotonic()))
+        return line.decode("latin-1").strip() or "closed"
+    except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 1.0)  # a 413 may be waiting in the buffer
+            if line:
+                return line.decode("latin-1").strip()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            pass
+        return type(exc).__name__
+    finally:
+        writer.close()
 
-    from featurelens.game import store
-    from featurelens.game.db import Database, make_engine, migrate
-    from featurelens.game.simulate import PlayerProfile, SimulationResult, run_player
 
-    engine = make_engine(db_url)
-    migrate(engine)
-    store.import_bundle(Database(engine), bundle, "load")
-    engine.dispose()
+async def probe_health(port: int, until: float, out: list[float], failures: list[str]) -> None:
+    conn = Conn(port, timeout=10.0)
+    while time.monotonic() < until:
+        t0 = time.monotonic()
+        try:
+            status, _h, _b = await conn.request("GET", "/healthz")
+            if status != 200:
+                failures.append(f"HTTP {status}")
+        except HttpError as exc:
+            failures.append(str(exc))
+        out.append(time.monotonic() - t0)
+        await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+    conn.close()
 
+
+async def sample_memory(pgid: int, until: float, out: list[float]) -> None:
+    while time.monotonic() < until:
+        out.append(await asyncio.to_thread(group_rss_mb, pgid))
+        await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    return 1000.0 * float(np.percentile(values, q)) if values else float("nan")
+
+
+async def run_load(scenario: str, backend: str, db_url: str, args: argparse.Namespace, work: Path) -> dict:
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = work / f"server-{name}.log"
-    proc = start(db_url, port, args.workers, log)
-    startup = wait_ready(proc, port)
-    print(f"[{name}] server ready in {startup:.1f} s ({args.workers} workers); {args.players} players for "
-          f"{args.duration:g} s", flush=True)
-
-    total = SimulationResult()
-    words = ["fur", "ear", "eye", "wheel", "sky", "edge", "face", "stripes", "metal", "leaf", "handle", "cup"]
-
-    def player(i: int) -> None:
-        rng = np.random.default_rng(i)
-        profile = PlayerProfile(f"load{i:03d}", accuracy=0.6, reveals=(0, 3), give_up_rate=0.15,
-                                labels=lambda rnd, rng=rng: list(rng.choice(words, size=rng.integers(1, 4),
-                                                                             replace=False)),
-                                seed=i)
-        with httpx.Client(base_url=base, timeout=30.0) as client:
-            total.merge(run_player(client, profile, duration=args.duration, campaign="load", admin_token=ADMIN,
-                                   start_barrier=barrier))
-
-    # every player signs up first (argon2 is deliberately expensive); the timed window starts together
-    started = threading.Event()
-    barrier = threading.Barrier(args.players + 1, action=started.set)
-    threads = [threading.Thread(target=player, args=(i,), daemon=True) for i in range(args.players)]
+    log = work / f"server-{backend}-{scenario}.log"
+    proc = start(db_url, port, args.workers, log, args.serve_arg)
+    startup = await asyncio.to_thread(wait_ready, proc, port)
+    think = 0.0 if scenario == "saturation" else args.think
+    stats = Stats()
+    players = [Player(i, port, stats, think, random.Random(i)) for i in range(args.players)]
     s0 = time.monotonic()
-    for t in threads:
-        t.start()
-    barrier.wait(timeout=600)
+    sem = asyncio.Semaphore(8)  # sign-ups: argon2 is expensive, do not hammer it
+
+    async def signup(p: Player) -> None:
+        async with sem:
+            await p.signup()
+
+    await asyncio.gather(*(signup(p) for p in players))
+    print(f"[{backend}/{scenario}] server ready in {startup:.1f} s; {args.players} players signed up in "
+          f"{time.monotonic() - s0:.1f} s; {args.duration:g} s of load", flush=True)
+    stats.latencies.clear()
+    stats.failures.clear()
+    load0 = loadavg()
     t0 = time.monotonic()
-    signup_s = t0 - s0
-    print(f"[{name}] {args.players} players signed up in {signup_s:.1f} s; load starts", flush=True)
-    downtime = None
+    until = t0 + args.duration
+    rss0 = group_rss_mb(proc.pid)
+    cpu0, client0 = group_cpu_s(proc.pid), time.process_time()
+    tasks = [asyncio.create_task(p.play(until)) for p in players]
+    health: list[float] = []
+    health_fail: list[str] = []
+    rss: list[float] = []
+    bodies: list[str] = []
     k0 = k1 = float("inf")
-    if args.kill_at > 0:
-        time.sleep(args.kill_at * args.duration)
+    if scenario == "bodies":
+        side = [asyncio.create_task(probe_health(port, until, health, health_fail)),
+                asyncio.create_task(sample_memory(proc.pid, until, rss))]
+        await asyncio.sleep(min(5.0, args.duration / 4))
+        bodies = await asyncio.gather(*(big_body(port, 50 * 2**20, until) for _ in range(4)))
+        await asyncio.gather(*side)
+    elif scenario == "kill":
+        await asyncio.sleep(args.duration / 2)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(15)
         k0 = time.monotonic()
-        print(f"[{name}] SIGKILL at t={k0 - t0:.1f} s; restarting", flush=True)
-        proc = start(db_url, port, args.workers, log)
-        wait_ready(proc, port)
+        print(f"[{backend}/{scenario}] SIGKILL at t={k0 - t0:.1f} s; restarting", flush=True)
+        proc = start(db_url, port, args.workers, log, args.serve_arg)
+        await asyncio.to_thread(wait_ready, proc, port)
         k1 = time.monotonic()
-        downtime = k1 - k0
-        print(f"[{name}] back after {downtime:.1f} s", flush=True)
-    for t in threads:
-        t.join(args.duration + 120)
+        print(f"[{backend}/{scenario}] back after {k1 - k0:.1f} s", flush=True)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.monotonic() - t0
-
+    server_cpu = group_cpu_s(proc.pid) - (cpu0 if scenario != "kill" else 0.0)
+    client_cpu = time.process_time() - client0
+    load1 = loadavg()
+    # a player still waiting for the restarted server at the deadline is no server error; an answer is
+    client_errors = [str(r) for r in results if isinstance(r, BaseException)
+                     and (scenario != "kill" or str(r).startswith("answer"))]
     try:
-        r = httpx.get(f"{base}/api/admin/campaigns/load/export", params={"format": "jsonl"},
-                      headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120)
-        r.raise_for_status()
-        exported = [json.loads(line) for line in r.text.splitlines() if line]
+        conn = Conn(port, timeout=120)
+        status, _h, payload = await conn.request("GET", "/api/admin/campaigns/load/export?format=jsonl",
+                                                 headers={"Authorization": f"Bearer {ADMIN}"})
+        conn.close()
+        if status != 200:
+            raise RuntimeError(f"export failed: HTTP {status}")
+        exported = [json.loads(line) for line in payload.decode().splitlines() if line]
     finally:
         stop(proc)
+    for p in players:
+        p.c.close()
 
-    acked = collections.Counter((s.player, s.cluster_id, lab) for s in total.submissions for lab in s.labels)
+    def in_kill_window(sent: float, dt: float) -> bool:
+        return sent < k0 <= sent + dt or k0 <= sent < k1
+
+    game = [dt for kind, dt, sent in stats.latencies if kind in GAME_KINDS and not in_kill_window(sent, dt)]
+    errors = [f for f in stats.failures if not (k0 - 30 <= f[2] < k1)]
+    acked = collections.Counter((a[0], a[1], lab) for a in stats.acked for lab in a[2])
     rows = collections.Counter((e["player"], e["cluster_id"], e["label"]) for e in exported)
-    lost = acked - rows
-    extra = rows - acked
-    doubled = sum(1 for v in rows.values() if v > 1)
-    answers = collections.Counter((s.player, s.cluster_id) for s in total.submissions)
-    # latency percentiles of requests the server was up for: those sent before the kill and answered
-    # before it, or sent after the restart (requests caught by the kill/restart window are counted
-    # in "across_restart")
-    lat = collections.defaultdict(list)
-    play_lat, across = [], []
-    for kind, dt, sent in total.latencies:
-        if sent < k0 <= sent + dt or k0 <= sent < k1:
-            across.append(dt)
-            continue
-        lat[kind].append(dt)
-        if kind not in ("csrf", "signup", "login"):
-            play_lat.append(dt)
-    all_lat = np.array(play_lat) if play_lat else np.zeros(1)
-    result = {
-        "backend": name, "players": args.players, "duration_s": args.duration, "workers": args.workers,
-        "signup_all_s": round(signup_s, 1), "wall_s": round(wall, 1),
-        "responses": len(play_lat), "attempts": total.requests, "responses_across_restart": len(across),
-        "max_latency_across_restart_s": round(max(across), 1) if across else None,
-        # answered requests (sign-up excluded) per second of the timed window ...
-        "requests_per_s": round(len(play_lat) / wall, 1),
-        # ... and per second the server was up (the kill + restart window left out)
-        "requests_per_s_up": round(len(play_lat) / max(wall - (downtime or 0.0), 1e-9), 1),
-        "p50_ms": round(1000 * float(np.percentile(all_lat, 50)), 1),
-        "p99_ms": round(1000 * float(np.percentile(all_lat, 99)), 1),
-        "by_kind": {k: {"n": len(v), "p50_ms": round(1000 * float(np.percentile(v, 50)), 1),
-                        "p99_ms": round(1000 * float(np.percentile(v, 99)), 1)} for k, v in sorted(lat.items())},
-        "answers_acknowledged": len(total.submissions),
-        "answers_replayed_after_retry": sum(s.replayed for s in total.submissions),
-        "duplicate_answers": sum(1 for v in answers.values() if v > 1),
-        "labels_acknowledged": sum(acked.values()), "labels_exported": sum(rows.values()),
-        "lost": sum(lost.values()), "unacknowledged_extra": sum(extra.values()), "doubled_rows": doubled,
-        "retries": total.retries, "client_errors": len(total.errors), "kill_downtime_s":
-            None if downtime is None else round(downtime, 1),
+    answers = collections.Counter((a[0], a[1]) for a in stats.acked)
+    downtime = (k1 - k0) if k1 < float("inf") else 0.0
+    res = {
+        "scenario": scenario, "backend": backend, "players": args.players, "workers": args.workers,
+        "duration_s": args.duration, "think_s": think, "load_avg": [load0, load1],
+        "requests": len(game), "requests_per_s": len(game) / max(wall - downtime, 1e-9),
+        "p50_ms": pct(game, 50), "p90_ms": pct(game, 90), "p99_ms": pct(game, 99),
+        "max_ms": 1000 * max(game) if game else float("nan"),
+        "by_kind": {k: {"n": len(v), "p50_ms": pct(v, 50), "p99_ms": pct(v, 99)}
+                    for k in GAME_KINDS for v in [[dt for kk, dt, _s in stats.latencies if kk == k]]},
+        "errors": len(errors) + len(client_errors),
+        "error_kinds": collections.Counter(f"{f[0]}: {f[1]}" for f in errors).most_common(5),
+        "client_errors": client_errors[:5],
+        "answers": len(stats.acked), "replayed": sum(a[3] for a in stats.acked),
+        "labels_acked": sum(acked.values()), "labels_exported": sum(rows.values()),
+        "exact": acked == rows and all(v == 1 for v in answers.values()) and all(v == 1 for v in rows.values()),
+        "kill_downtime_s": downtime or None,
+        # CPU per answered game request (load-independent): server processes (all workers) and this client
+        "server_cpu_ms_per_req": 1000 * server_cpu / max(len(game), 1) if scenario != "kill" else float("nan"),
+        "client_cpu_ms_per_req": 1000 * client_cpu / max(len(game), 1),
     }
-    result["exact"] = result["lost"] == 0 and result["unacknowledged_extra"] == 0 and doubled == 0 \
-        and result["duplicate_answers"] == 0
-    if total.errors:
-        print(f"[{name}] first client errors: {total.errors[:5]}", flush=True)
-    return result
+    if scenario == "bodies":
+        res.update(healthz_p99_ms=pct(health, 99), healthz_max_ms=1000 * max(health) if health else None,
+                   healthz_failures=len(health_fail), rss_start_mb=rss0,
+                   rss_growth_mb=(max(rss) - rss0) if rss else None, bodies=bodies)
+    return res
+
+
+# ---------------------------------------------------------------------------
+# table
+# ---------------------------------------------------------------------------
+def verdict(r: dict) -> str:
+    ok = r["exact"] and r["errors"] == 0
+    bound, floor = TARGETS.get((r["scenario"], r["backend"]), (None, None))
+    if bound is not None:
+        ok = ok and r["p99_ms"] < bound
+    if floor is not None:
+        ok = ok and r["requests_per_s"] >= floor
+    if r["scenario"] == "kill":
+        ok = r["exact"]
+    if r["scenario"] == "bodies":
+        ok = ok and r["healthz_p99_ms"] < 200 and (r["rss_growth_mb"] or 0) < 100 and r["healthz_failures"] == 0
+    return "yes" if ok else "**no**"
+
+
+def table(results: list[dict]) -> str:
+    out = ["| scenario | backend | load avg | req/s | p50 | p90 | p99 | max | errors | labels ack = export "
+           "(exact) | CPU ms/req server + client | other | target met |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|---|"]
+    for r in results:
+        other = ""
+        cpu = "–" if r["scenario"] == "kill" else \
+            f"{r['server_cpu_ms_per_req']:.1f} + {r['client_cpu_ms_per_req']:.1f}"
+        if r["scenario"] == "kill":
+            other = f"down {r['kill_downtime_s']:.1f} s, {r['replayed']} replayed"
+        if r["scenario"] == "bodies":
+            ends = sorted({"413" if " 413 " in b else ("reset" if "Reset" in b else b[:20]) for b in r["bodies"]})
+            other = (f"/healthz p99 {r['healthz_p99_ms']:.0f} ms, memory +{r['rss_growth_mb']:.0f} MB, "
+                     f"4 × 50 MB: {'/'.join(ends)}")
+        out.append(f"| {r['scenario']} | {r['backend']} | {r['load_avg'][0]:.1f}–{r['load_avg'][1]:.1f} | "
+                   f"{r['requests_per_s']:.0f} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | "
+                   f"{r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['errors']} | "
+                   f"{r['labels_acked']} = {r['labels_exported']} ({'yes' if r['exact'] else 'NO'}) | "
+                   f"{cpu} | {other} | "
+                   f"{verdict(r)} |")
+    return "\n".join(out)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--players", type=int, default=100)
-    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load per backend")
+    ap.add_argument("--duration", type=float, default=40.0, help="seconds of load per run")
+    ap.add_argument("--think", type=float, default=6.0, help="think time: uniform in [0, THINK] s")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scenarios", default="think,saturation,kill,bodies")
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--pg-url", default=os.environ.get("FEATURELENS_TEST_DATABASE_URL"),
                     help="PostgreSQL server URL (default: $FEATURELENS_TEST_DATABASE_URL, see scripts/pg.sh)")
-    ap.add_argument("--kill-at", type=float, default=0.5, help="SIGKILL + restart at this fraction of T (0: never)")
-    ap.add_argument("--images", type=int, default=12, help="bundle size: images (× 2 layers × 4 maps)")
+    ap.add_argument("--images", type=int, default=40, help="bundle size: images (× 2 layers × 4 maps)")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra argument for `game serve`")
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args()
     if not 1 <= args.players <= 500 or not 1 <= args.duration <= 600:
         ap.error("keep it bounded: 1-500 players, 1-600 s")
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for s in scenarios:
+        if s not in ("think", "saturation", "kill", "bodies"):
+            ap.error(f"unknown scenario {s!r}")
 
+    from featurelens.game import store
+    from featurelens.game.db import Database, make_engine, migrate
     from featurelens.game.simulate import synthetic_bundle
 
     results = []
     with tempfile.TemporaryDirectory(prefix="featurelens-load-") as tmp:
         work = Path(tmp)
-        print("building the bundle ...", flush=True)
+        print(f"building the bundle ({args.images} images) ...", flush=True)
         bundle = synthetic_bundle(work / "bundle", images=args.images, layers=("blocks.12", "head"), clusters=4)
         for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            if backend == "sqlite":
-                url = str(work / "load.sqlite3")
-            elif backend == "postgres":
-                if not args.pg_url:
-                    print("[postgres] skipped: no --pg-url / FEATURELENS_TEST_DATABASE_URL", flush=True)
-                    continue
-                url = pg_database(args.pg_url)
-            else:
+            if backend == "postgres" and not args.pg_url:
+                print("[postgres] skipped: no --pg-url / FEATURELENS_TEST_DATABASE_URL", flush=True)
+                continue
+            if backend not in ("sqlite", "postgres"):
                 ap.error(f"unknown backend {backend!r}")
-            res = run_backend(backend, url, bundle, args, work)
-            results.append(res)
-            print(json.dumps(res, indent=1), flush=True)
-    print("\nbackend   players  T(s)  req/s (up)     p50 ms  p99 ms  answers  labels(ack=export)  replayed  exact")
-    for r in results:
-        print(f"{r['backend']:<9} {r['players']:>7} {r['duration_s']:>5g} {r['requests_per_s']:>6} "
-              f"({r['requests_per_s_up']:>6}) "
-              f"{r['p50_ms']:>8} {r['p99_ms']:>7} {r['answers_acknowledged']:>8} "
-              f"{r['labels_acknowledged']:>8}={r['labels_exported']:<9} {r['answers_replayed_after_retry']:>8}  "
-              f"{r['exact']}")
-    if len(results) == 2:
-        a, b = results
-        print(f"ratio {b['backend']}/{a['backend']} requests/s: {b['requests_per_s'] / max(a['requests_per_s'], 1e-9):.2f}")
+            for scenario in scenarios:
+                url = str(work / f"load-{scenario}.sqlite3") if backend == "sqlite" else pg_database(args.pg_url)
+                engine = make_engine(url)
+                migrate(engine)
+                store.import_bundle(Database(engine), bundle, "load")
+                engine.dispose()
+                res = asyncio.run(run_load(scenario, backend, url, args, work))
+                results.append(res)
+                print(json.dumps(res, default=str), flush=True)
+    print(f"\n{args.players} players, --workers {args.workers}, {args.duration:g} s per run, think time "
+          f"0–{args.think:g} s (none in saturation), {args.images}-image bundle; load avg = 1-min load at start–end\n")
+    print(table(results))
+    base = next((r for r in results if r["scenario"] == "think"), None)
+    if base:
+        for r in results:
+            if r is not base and r["scenario"] in ("think", "saturation"):
+                print(f"ratio {r['backend']}/{r['scenario']} vs {base['backend']}/think: p99 "
+                      f"{r['p99_ms'] / base['p99_ms']:.2f}, req/s {r['requests_per_s'] / base['requests_per_s']:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     return 0 if all(r["exact"] for r in results) else 1
 
 

@@ -2,6 +2,7 @@
 
     featurelens game import BUNDLE --campaign NAME [--database-url URL] [--gold gold.json]
     featurelens game serve [--database-url URL] [--host 127.0.0.1] [--port 8000] [--workers N]
+                           [--max-body BYTES] [--header-timeout S] [--body-timeout S] [--max-idle-connections N]
     featurelens game export --campaign NAME --out labels.csv|labels.jsonl [--database-url URL]
     featurelens game progress --campaign NAME
 
@@ -118,10 +119,16 @@ def _parse_rate(text: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from featurelens.game.db import make_engine, migrate
+    from featurelens.game.limits import Limits
+    from featurelens.game.server import serve
 
+    try:
+        limits = Limits(max_body=args.max_body, max_import_body=args.max_import_body,
+                        body_timeout=args.body_timeout, header_timeout=args.header_timeout,
+                        keep_alive_timeout=args.keep_alive_timeout, max_idle=args.max_idle)
+    except ValueError as exc:
+        raise FeaturelensError(f"game serve: {exc}") from None
     url = _db_url(args)
     engine = make_engine(url)
     migrate(engine)  # once, before the workers start
@@ -137,12 +144,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["FEATURELENS_ADMIN_TOKEN"] = token
     else:
         print("featurelens: no admin token given: admin endpoints are disabled", file=sys.stderr)
-    uvicorn.run("featurelens.game.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, access_log=False,
-                # a worker imports torch through the featurelens package (seconds on a busy machine):
-                # give it time before the supervisor declares it dead
-                timeout_worker_healthcheck=120)
+    serve("featurelens.game.app:app_from_env", host=args.host, port=args.port, workers=args.workers,
+          limits=limits, log_level=args.log_level, limit_concurrency=args.limit_concurrency)
     return 0
+
+
+def _limit_defaults():  # type: ignore[no-untyped-def]
+    from featurelens.game.limits import Limits
+
+    return Limits()
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -170,6 +180,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--rate-limit", type=_parse_rate, default="30/60", help="answers per player: N/SECONDS or off")
     q.add_argument("--gold-rate", type=float, default=0.1, help="share of rounds served on gold maps")
     q.add_argument("--log-level", default="warning")
+    d = _limit_defaults()
+    for flag, field, kind, metavar, text in (
+        ("--max-body", "max_body", int, "BYTES", "request body cap, answered 413"),
+        ("--max-import-body", "max_import_body", int, "BYTES", "body cap of the admin import"),
+        ("--header-timeout", "header_timeout", float, "S", "seconds to send a complete request head"),
+        ("--body-timeout", "body_timeout", float, "S", "seconds to send a whole request body"),
+        ("--keep-alive-timeout", "keep_alive_timeout", float, "S", "idle seconds between two requests"),
+        ("--max-idle-connections", "max_idle", int, "N", "idle connections per worker; the oldest beyond N is closed"),
+    ):
+        default = getattr(d, field)
+        q.add_argument(flag, dest=field, type=kind, default=default, metavar=metavar, help=f"{text} (default {default:{'g' if kind is float else 'd'}})")
+    q.add_argument("--limit-concurrency", type=int, default=None, metavar="N",
+                   help="connections + running requests per worker before uvicorn answers 503 (default: none)")
     common(q, server=False)
     q.set_defaults(func=cmd_serve)
 

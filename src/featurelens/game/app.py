@@ -12,12 +12,16 @@ Protection
     * per-player rate limit on answers, counted in the database (so it holds across workers);
     * admin endpoints need ``Authorization: Bearer <token>`` (or ``X-Admin-Token``), compared in constant
       time; with no admin token configured they are disabled;
-    * a strict Content-Security-Policy (no inline script, everything served locally).
+    * a strict Content-Security-Policy (no inline script, everything served locally);
+    * request limits (:mod:`featurelens.game.limits`): a body cap enforced while reading (``413``), the
+      player or admin check before a body is read, a body read timeout, and ``422`` replies that never
+      echo the input.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 import uuid
@@ -25,14 +29,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Body, FastAPI, Form, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from featurelens.errors import FeaturelensError
 from featurelens.game import store
 from featurelens.game.db import Database, make_engine, migrate
+from featurelens.game.limits import Limits, LimitsMiddleware, Refusal, limits_from_env
 from featurelens.game.masks import REVEAL_Q
 from featurelens.game.scoring import AGREE_CAP, AGREE_POINTS, GUESS_POINTS, LabelMatcher, LemmaMatcher
 
@@ -87,6 +94,7 @@ def create_app(
     hasher: store.PasswordHasher | None = None,
     run_migrations: bool = True,
     pool_size: int = 10,
+    limits: Limits | None = None,
 ) -> FastAPI:
     """Build the game app on ``database_url`` (SQLite file URL/path or PostgreSQL URL).
 
@@ -94,12 +102,14 @@ def create_app(
     ``login_limit=(n, seconds)``: at most ``n`` failed log-ins per user name per window, counted in the
     database (so it holds across worker processes); further attempts get HTTP 429 without a password check.
     ``secure_cookies``: force the ``Secure`` cookie flag (default: when the request came over HTTPS).
+    ``limits``: body caps and the body read timeout (:class:`~featurelens.game.limits.Limits`).
     """
     engine = make_engine(database_url, pool_size=pool_size)
     if run_migrations:
         migrate(engine)
     db = Database(engine)
     matcher = matcher or LemmaMatcher()
+    matcher.normalize("warm up")  # loads lemminflect's tables now (1.5 s holding the GIL), not on a first answer
     hasher = hasher or store.PasswordHasher()
     admin_token = admin_token or None
 
@@ -112,18 +122,8 @@ def create_app(
                                  MAX_LABEL_CHARS=store.MAX_LABEL_CHARS)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):  # type: ignore[no-untyped-def]
-        response = await call_next(request)
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
-            "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        )
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
+    # security headers, HEAD, body caps and the auth check before the body: one pure ASGI middleware
+    app.add_middleware(LimitsMiddleware, limits=limits or Limits(), authorize=lambda scope: _authorize(scope))
 
     # -- helpers ----------------------------------------------------------
     def _secure(request: Request) -> bool:
@@ -183,7 +183,33 @@ def create_app(
             raise _AuthError()
         return player
 
+    async def _authorize(scope: dict[str, Any]) -> Refusal | None:
+        """Before a request body is read: the admin token for admin routes, a player for round routes."""
+        if scope["method"] not in ("POST", "PUT", "PATCH", "DELETE"):
+            return None
+        path = scope["path"]
+        if path.startswith("/api/admin/"):
+            try:
+                require_admin(Request(scope))
+            except _AdminError as exc:
+                return (401 if admin_token else 403, [(b"content-type", b"application/json"),
+                                                      (b"www-authenticate", b"Bearer")],
+                        json.dumps({"detail": str(exc)}).encode())
+        elif path.startswith(("/api/rounds", "/round/")):
+            if await run_in_threadpool(current, Request(scope)) is None:
+                if path.startswith("/api/"):
+                    return 401, [(b"content-type", b"application/json")], b'{"detail": "log in first"}'
+                return 303, [(b"location", b"/login")], b""
+        return None
+
     # -- error handlers ---------------------------------------------------------
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
+        # never the submitted input (a too-long password, 20 MB of JSON, a NaN that JSON cannot encode)
+        errors = [{"loc": [str(x)[:64] for x in e.get("loc", ())], "msg": str(e.get("msg", ""))[:200],
+                   "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     def _is_api(request: Request) -> bool:
         return request.url.path.startswith("/api/")
 
@@ -508,7 +534,7 @@ class _AdminError(Exception):
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` workers: configuration from environment variables
     ``FEATURELENS_GAME_DATABASE_URL``, ``FEATURELENS_ADMIN_TOKEN``, ``FEATURELENS_GAME_RATE_LIMIT``
-    (``N/SECONDS`` or ``off``) and ``FEATURELENS_GAME_GOLD_RATE``."""
+    (``N/SECONDS`` or ``off``), ``FEATURELENS_GAME_GOLD_RATE`` and ``FEATURELENS_GAME_LIMITS``."""
     rate = os.environ.get("FEATURELENS_GAME_RATE_LIMIT", "30/60")
     limit: tuple[int, float] | None = None
     if rate.lower() not in ("off", "none", "0"):
@@ -520,4 +546,5 @@ def app_from_env() -> FastAPI:
         rate_limit=limit,
         gold_rate=float(os.environ.get("FEATURELENS_GAME_GOLD_RATE", "0.1")),
         run_migrations=os.environ.get("FEATURELENS_GAME_MIGRATE", "1") != "0",
+        limits=limits_from_env(),
     )

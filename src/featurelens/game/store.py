@@ -71,6 +71,9 @@ EXPORT_COLUMNS = (
 MAX_LABELS = 5
 MAX_LABEL_CHARS = 48
 SESSION_DAYS = 30
+# bulk UPDATEs whose rows the transaction refreshes itself (or never loaded): skip the ORM's session
+# synchronisation (an evaluation in Python, or a fetch for expressions like max(open_count - 1, 0))
+_NO_SYNC = {"synchronize_session": False}
 
 
 # ---------------------------------------------------------------------------
@@ -495,7 +498,8 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
         rnd = Round(player_id=player_id, cluster_pk=pick.id, campaign_id=camp.id, status="open", reveal_step=0,
                     correct=False, guess_points=0, is_gold=bool(pick.is_gold), started_at=utcnow())
         s.add(rnd)
-        s.execute(update(Cluster).where(Cluster.id == pick.id).values(open_count=Cluster.open_count + 1))
+        s.execute(update(Cluster).where(Cluster.id == pick.id).values(open_count=Cluster.open_count + 1),
+                  execution_options=_NO_SYNC)
         s.flush()
         return _round_view(s, rnd, camp)
 
@@ -509,6 +513,8 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
 
 
 def _own_round(s: OrmSession, player_id: int, round_id: int) -> Round:
+    if not 0 < round_id < 2**63:  # a database integer: a larger id cannot exist (and would not bind)
+        raise NotFound("no such round")
     rnd = s.get(Round, round_id)
     if rnd is None or rnd.player_id != player_id:  # someone else's round looks exactly like a missing one
         raise NotFound("no such round")
@@ -531,7 +537,8 @@ def reveal_more(db: Database, player_id: int, round_id: int, to_step: int | None
         target = rnd.reveal_step + 1 if to_step is None else int(to_step)
         target = min(max(target, rnd.reveal_step), len(REVEAL_Q) - 1)
         if target != rnd.reveal_step:
-            s.execute(update(Round).where(Round.id == rnd.id, Round.reveal_step < target).values(reveal_step=target))
+            s.execute(update(Round).where(Round.id == rnd.id, Round.reveal_step < target).values(reveal_step=target),
+                      execution_options=_NO_SYNC)
             s.refresh(rnd)
         return _round_view(s, rnd)
 
@@ -623,7 +630,8 @@ def finish_round(
         res = s.execute(
             update(Round).where(Round.id == rnd.id, Round.status == "open").values(
                 status="gave_up" if gave_up else "guessed", guessed_class=guess, correct=correct,
-                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit)
+                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit),
+            execution_options=_NO_SYNC,
         )
         if res.rowcount != 1:
             raise _Raced()
@@ -642,11 +650,11 @@ def finish_round(
             total += pts
         if bump:
             s.execute(update(Label).where(and_(Label.id.in_(sorted(bump)), Label.points < AGREE_POINTS * AGREE_CAP))
-                      .values(points=Label.points + AGREE_POINTS))
+                      .values(points=Label.points + AGREE_POINTS), execution_options=_NO_SYNC)
         s.execute(update(Cluster).where(Cluster.id == rnd.cluster_pk).values(
             label_count=Cluster.label_count + len(texts),
             open_count=func.max(Cluster.open_count - 1, 0) if s.bind.dialect.name == "sqlite"  # type: ignore[union-attr]
-            else func.greatest(Cluster.open_count - 1, 0)))
+            else func.greatest(Cluster.open_count - 1, 0)), execution_options=_NO_SYNC)
         s.flush()
         s.refresh(rnd)
         return FinishResult(_round_view(s, rnd, camp), False, total)
@@ -736,7 +744,7 @@ def asset(db: Database, player_id: int, round_id: int, kind: str) -> bytes:
     the round is open; the full photo and the overlay only once it is finished."""
     with db.read() as s:
         rnd = _own_round(s, player_id, round_id)
-        if kind.startswith("r") and kind[1:].isdigit():
+        if re.fullmatch(r"r[0-9]{1,2}", kind):  # ASCII digits only: "r²" and "r" + 5,000 digits are no step
             if int(kind[1:]) > rnd.reveal_step and rnd.status == "open":
                 raise NotFound("not revealed yet")
             data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == rnd.cluster_pk,
