@@ -1,5 +1,6 @@
 """Saliency methods for classifiers. Import order registers them by name."""
 
+from featurelens.methods.ablationcam import AblationCAM
 from featurelens.methods.base import (
     METHODS,
     LayerState,
@@ -11,9 +12,13 @@ from featurelens.methods.base import (
     weighted_sum,
 )
 from featurelens.methods.cam import CAM
+from featurelens.methods.eigencam import EigenCAM, EigenGradCAM
+from featurelens.methods.fem import FEM
 from featurelens.methods.gradcam import GradCAM
+from featurelens.methods.gradcamelementwise import GradCAMElementWise
 from featurelens.methods.gradcampp import GradCAMPlusPlus
 from featurelens.methods.hirescam import HiResCAM
+from featurelens.methods.kpcacam import KPCACAM
 from featurelens.methods.layercam import LayerCAM
 from featurelens.methods.relevancecam import RelevanceCAM
 from featurelens.methods.scorecam import ScoreCAM
@@ -21,8 +26,14 @@ from featurelens.methods.xgradcam import XGradCAM
 
 __all__ = [
     "CAM",
+    "FEM",
+    "KPCACAM",
     "METHODS",
+    "AblationCAM",
+    "EigenCAM",
+    "EigenGradCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
