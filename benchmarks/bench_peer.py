@@ -45,6 +45,7 @@ import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars
 
+SMOOTH_SAMPLES = 2  # SS-CAM / IS-CAM draws in the comparison (both libraries): N × Score-CAM's cost
 LAYERS = ["head", "blocks.15", "blocks.12", "blocks.8"]
 PHOTOS = ["coffee", "chelsea", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry"]
 
@@ -227,10 +228,10 @@ def comparisons(pgc, tc, wanted: set[str] | None) -> list[Comparison]:
         add("xgradcam", T, tc_cam(tc, "XGradCAM", True))
         add("layercam", T, tc_cam(tc, "LayerCAM", True))
         add("scorecam", T, tc_cam(tc, "ScoreCAM", False, batch_size=16), heavy=True)
-        add("sscam", T, tc_cam(tc, "SSCAM", False, batch_size=16, num_samples=4),
-            mine=ours("sscam", num_samples=4), heavy=True)
-        add("iscam", T, tc_cam(tc, "ISCAM", False, batch_size=16, num_samples=4),
-            mine=ours("iscam", num_samples=4), heavy=True)
+        add("sscam", T, tc_cam(tc, "SSCAM", False, batch_size=16, num_samples=SMOOTH_SAMPLES),
+            mine=ours("sscam", num_samples=SMOOTH_SAMPLES), heavy=True)
+        add("iscam", T, tc_cam(tc, "ISCAM", False, batch_size=16, num_samples=SMOOTH_SAMPLES),
+            mine=ours("iscam", num_samples=SMOOTH_SAMPLES), heavy=True)
         add("smoothgradcampp", T, tc_cam(tc, "SmoothGradCAMpp", False))
     return out
 
@@ -255,36 +256,44 @@ def bare_forward(model, x, reps: int = 3) -> float:
 
 def run(comps: list[Comparison], model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int) -> None:
     for comp in comps:
-        layers = LAYERS if comp.per_layer else ["head"]
-        names = list(images)[: heavy_photos if comp.heavy else len(images)]
-        n_reps = 1 if comp.heavy else reps
-        x0 = images[names[0]]
-        c0 = int(model(x0).argmax())
-        comp.mine(model, layers[0], x0, c0)  # warm-up both
-        comp.theirs(model, layers[0], x0, c0)
-        for layer in layers:
-            rs, mine_x, theirs_x = [], [], []
-            for name in names:
-                x = images[name]
-                with torch.no_grad():
-                    c = int(model(x).argmax())
-                for _ in range(n_reps):
-                    base = bare_forward(model, x)
-                    t_m, m = timed(lambda x=x, c=c, layer=layer: comp.mine(model, layer, x, c))
-                    t_t, t = timed(lambda x=x, c=c, layer=layer: comp.theirs(model, layer, x, c))
-                    mine_x.append(t_m / base)
-                    theirs_x.append(t_t / base)
-                rs.append(pearson(m, t))
-            key = layer if comp.per_layer else "all"
-            comp.r[key] = float(np.nanmean(rs)) if not all(np.isnan(rs)) else float("nan")
-            comp.ours_x[key] = statistics.median(mine_x)
-            comp.theirs_x[key] = statistics.median(theirs_x)
-            print(
-                f"  {comp.method:18s} vs {comp.peer:22s} {key:9s} r={comp.r[key]:.4f} "
-                f"ours {comp.ours_x[key]:.1f}x  theirs {comp.theirs_x[key]:.1f}x",
-                file=sys.stderr,
-                flush=True,
-            )
+        try:
+            run_one(comp, model, images, reps, heavy_photos)
+        except Exception as exc:  # one failing peer must not lose the other rows
+            comp.note = f"failed: {type(exc).__name__}: {exc}"[:200]
+            print(f"  {comp.method} vs {comp.peer}: {comp.note}", file=sys.stderr, flush=True)
+
+
+def run_one(comp: Comparison, model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int) -> None:
+    layers = LAYERS if comp.per_layer else ["head"]
+    names = list(images)[: heavy_photos if comp.heavy else len(images)]
+    n_reps = 1 if comp.heavy else reps
+    x0 = images[names[0]]
+    c0 = int(model(x0).argmax())
+    comp.mine(model, layers[0], x0, c0)  # warm-up both
+    comp.theirs(model, layers[0], x0, c0)
+    for layer in layers:
+        rs, mine_x, theirs_x = [], [], []
+        for name in names:
+            x = images[name]
+            with torch.no_grad():
+                c = int(model(x).argmax())
+            for _ in range(n_reps):
+                base = bare_forward(model, x)
+                t_m, m = timed(lambda x=x, c=c, layer=layer: comp.mine(model, layer, x, c))
+                t_t, t = timed(lambda x=x, c=c, layer=layer: comp.theirs(model, layer, x, c))
+                mine_x.append(t_m / base)
+                theirs_x.append(t_t / base)
+            rs.append(pearson(m, t))
+        key = layer if comp.per_layer else "all"
+        comp.r[key] = float(np.nanmean(rs)) if not all(np.isnan(rs)) else float("nan")
+        comp.ours_x[key] = statistics.median(mine_x)
+        comp.theirs_x[key] = statistics.median(theirs_x)
+        print(
+            f"  {comp.method:18s} vs {comp.peer:22s} {key:9s} r={comp.r[key]:.4f} "
+            f"ours {comp.ours_x[key]:.1f}x  theirs {comp.theirs_x[key]:.1f}x",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def table(comps: list[Comparison]) -> str:
@@ -293,6 +302,9 @@ def table(comps: list[Comparison]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in comps:
+        if c.note.startswith("failed") or not c.ours_x:
+            lines.append(f"| {c.method} | {c.peer} | {c.note or 'not run'} | | | | | | |")
+            continue
         if c.per_layer:
             rs = [f"{c.r[k]:.4f}" for k in LAYERS]
             key = "head"
@@ -344,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(comps))
     if args.json:
         Path(args.json).write_text(json.dumps([
-            {"method": c.method, "peer": c.peer, "r": c.r, "ours_x": c.ours_x, "theirs_x": c.theirs_x}
+            {"method": c.method, "peer": c.peer, "r": c.r, "ours_x": c.ours_x, "theirs_x": c.theirs_x,
+             "note": c.note}
             for c in comps
         ], indent=1))
     return 0

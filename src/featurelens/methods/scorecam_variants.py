@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -14,6 +16,22 @@ def _positive_int(value: object, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise MethodError(f"{what} must be a positive integer, got {value!r}")
     return value
+
+
+def _pairs(
+    method: SSCAM | ISCAM, n: int, images: Callable[[Tensor], Tensor], cls: int | None, ctx: MethodContext
+) -> Tensor:
+    """Mean over the ``N`` draws/steps of the scores of ``n`` masks: the ``N·n`` (draw, mask) pairs
+    ``p`` (draw ``p // n``, mask ``p % n``) go through the model in chunks of ``batch_size`` images,
+    built one chunk at a time (``images(p)``), so memory does not grow with ``N``."""
+    total = method.num_samples * n
+    scores = torch.cat(
+        [
+            method._scores(ctx.model(images(torch.arange(s, min(total, s + method.batch_size), device=ctx.inputs.device))), cls, ctx)
+            for s in range(0, total, method.batch_size)
+        ]
+    )
+    return scores.view(method.num_samples, n).mean(dim=0)
 
 
 @register
@@ -66,10 +84,9 @@ class SSCAM(ScoreCAM):
         return (eps * self.std).to(device=like.device, dtype=like.dtype)
 
     def masked_scores(self, x: Tensor, masks: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
-        total = torch.zeros(masks.shape[0], dtype=torch.float32, device=x.device)
-        for eps in self.noise(tuple(masks.shape[1:]), masks):
-            total += self._scores(ctx.model(x * (masks + eps)[:, None]), cls, ctx)
-        return total / self.num_samples
+        eps = self.noise(tuple(masks.shape[1:]), masks)
+        n = masks.shape[0]
+        return _pairs(self, n, lambda p: x * (masks[p % n] + eps[p // n])[:, None], cls, ctx)
 
 
 @register
@@ -108,7 +125,6 @@ class ISCAM(ScoreCAM):
 
     def masked_scores(self, x: Tensor, masks: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
         masked = x * masks[:, None]
-        total = torch.zeros(masks.shape[0], dtype=torch.float32, device=x.device)
-        for i in range(1, self.num_samples + 1):
-            total += self._scores(ctx.model(masked * (i / self.num_samples)), cls, ctx)
-        return total / self.num_samples
+        n = masks.shape[0]
+        steps = torch.arange(1, self.num_samples + 1, device=x.device, dtype=x.dtype) / self.num_samples
+        return _pairs(self, n, lambda p: masked[p % n] * steps[p // n][:, None, None, None], cls, ctx)
