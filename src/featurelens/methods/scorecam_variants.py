@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,8 +19,23 @@ def _positive_int(value: object, what: str) -> int:
     return value
 
 
+class _SampledScoreCAM(ScoreCAM):
+    """Score-CAM scored over ``num_samples`` variants of each mask (Score-CAM's options otherwise)."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int = 16,
+        top_n: int | None = None,
+        select: Selection = "variance",
+        fast: bool = False,
+    ) -> None:
+        super().__init__(batch_size=batch_size, top_n=top_n, select=select, fast=fast)
+        self.num_samples = _positive_int(num_samples, f"{self.name} num_samples")
+
+
 def _pairs(
-    method: SSCAM | ISCAM, n: int, images: Callable[[Tensor], Tensor], cls: int | None, ctx: MethodContext
+    method: _SampledScoreCAM, n: int, images: Callable[[Tensor], Tensor], cls: int | None, ctx: MethodContext
 ) -> Tensor:
     """Mean over the ``N`` draws/steps of the scores of ``n`` masks: the ``N·n`` (draw, mask) pairs
     ``p`` (draw ``p // n``, mask ``p % n``) go through the model in chunks of ``batch_size`` images,
@@ -35,7 +51,7 @@ def _pairs(
 
 
 @register
-class SSCAM(ScoreCAM):
+class SSCAM(_SampledScoreCAM):
     """SS-CAM (Wang et al., "SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization",
     arXiv 2006.14255, 2020).
 
@@ -47,8 +63,8 @@ class SSCAM(ScoreCAM):
 
     The noise fields ``ε_1 … ε_N`` are drawn from a generator seeded with ``seed`` and shared by all
     channels and all images (common random numbers: channels are compared under the same noise, and
-    an image's map does not depend on the rest of its batch). Inherits Score-CAM's ``batch_size``,
-    ``top_n``/``fast`` and ``select``.
+    an image's map does not depend on the rest of its batch). Score-CAM's ``batch_size``,
+    ``top_n``/``fast`` and ``select`` are accepted as keywords.
 
     Args:
         num_samples: ``N`` (default 35, as torchcam); std: ``σ`` (default 2.0, as torchcam); seed: 0.
@@ -58,18 +74,8 @@ class SSCAM(ScoreCAM):
     aliases = ("ss-cam", "smoothed-score-cam")
     reference = "Wang et al., SS-CAM: Smoothed Score-CAM, arXiv 2006.14255"
 
-    def __init__(
-        self,
-        num_samples: int = 35,
-        std: float = 2.0,
-        seed: int = 0,
-        batch_size: int = 16,
-        top_n: int | None = None,
-        select: Selection = "variance",
-        fast: bool = False,
-    ) -> None:
-        super().__init__(batch_size=batch_size, top_n=top_n, select=select, fast=fast)
-        self.num_samples = _positive_int(num_samples, "SS-CAM num_samples")
+    def __init__(self, num_samples: int = 35, std: float = 2.0, seed: int = 0, **score_options: Any) -> None:
+        super().__init__(num_samples, **score_options)
         if not isinstance(std, (int, float)) or not std >= 0:
             raise MethodError(f"SS-CAM std must be a non-negative number, got {std!r}")
         self.std, self.seed = float(std), int(seed)
@@ -90,7 +96,7 @@ class SSCAM(ScoreCAM):
 
 
 @register
-class ISCAM(ScoreCAM):
+class ISCAM(_SampledScoreCAM):
     """IS-CAM (Naidu et al., "IS-CAM: Integrated Score-CAM for axiomatic-based explanations",
     arXiv 2010.03023, 2020).
 
@@ -99,7 +105,7 @@ class ISCAM(ScoreCAM):
 
         ``w_k = 1/N Σ_{i=1..N} softmax(f((i/N) · X ⊙ M_k))_c``;  ``L = ReLU(Σ_k w_k A_k)``
 
-    Inherits Score-CAM's ``batch_size``, ``top_n``/``fast`` and ``select``.
+    Score-CAM's ``batch_size``, ``top_n``/``fast`` and ``select`` are accepted as keywords.
 
     Args:
         num_samples: ``N`` (default 10, as torchcam).
@@ -109,16 +115,8 @@ class ISCAM(ScoreCAM):
     aliases = ("is-cam", "integrated-score-cam")
     reference = "Naidu et al., IS-CAM: Integrated Score-CAM, arXiv 2010.03023"
 
-    def __init__(
-        self,
-        num_samples: int = 10,
-        batch_size: int = 16,
-        top_n: int | None = None,
-        select: Selection = "variance",
-        fast: bool = False,
-    ) -> None:
-        super().__init__(batch_size=batch_size, top_n=top_n, select=select, fast=fast)
-        self.num_samples = _positive_int(num_samples, "IS-CAM num_samples")
+    def __init__(self, num_samples: int = 10, **score_options: Any) -> None:
+        super().__init__(num_samples, **score_options)
 
     def __repr__(self) -> str:
         return f"ISCAM(num_samples={self.num_samples}, top_n={self.top_n})"

@@ -6,15 +6,9 @@ import torch
 from torch import Tensor
 
 from featurelens.errors import MethodError
-from featurelens.methods.base import (
-    LayerState,
-    Method,
-    MethodContext,
-    explained_class,
-    register,
-    sample_scores,
-    weighted_sum,
-)
+from featurelens.methods.base import LayerState, Method, MethodContext, register, weighted_sum
+from featurelens.methods.base import explained_class as _explained_class
+from featurelens.methods.base import sample_scores as _sample_scores
 
 
 @register
@@ -62,7 +56,7 @@ class SmoothGradCAMPlusPlus(Method):
         with Capture(ctx.model, layer.name) as cap:
             out = cap.forward(noisy)
             with torch.enable_grad():
-                scores = sample_scores(out, explained_class(ctx, b), ctx)
+                scores = _sample_scores(out, _explained_class(ctx, b), ctx)
             return cap.gradients(scores)[layer.name][-1]
 
     def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
