@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # pytorch-grad-cam's progress bars
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SMOOTH_SAMPLES = 2  # SS-CAM / IS-CAM draws in the comparison (both libraries): N × Score-CAM's cost
 LAYERS = ["head", "blocks.15", "blocks.12", "blocks.8"]
@@ -118,6 +119,29 @@ def ours(method: str, **options) -> Runner:
     return run
 
 
+def ours_opposite_sign(method: str) -> Runner:
+    """Our Eigen-CAM / EigenGrad-CAM / KPCA-CAM map with the other sign of the principal axis:
+    ``ReLU(−p)`` instead of ``ReLU(p)`` (to show that a low r is the sign choice)."""
+    from featurelens.api import Explainer
+    from featurelens.methods.base import Method
+    from featurelens.methods.eigencam import first_component
+    from featurelens.methods.kpcacam import first_kernel_component
+
+    class Opposite(Method):
+        name = f"{method}-opposite-sign"
+        needs_gradients = method == "eigengradcam"
+
+        def __call__(self, layer, ctx):
+            data = layer.gradient * layer.activation if method == "eigengradcam" else layer.activation
+            proj = first_kernel_component(data) if method == "kpcacam" else first_component(data)
+            return torch.relu(-proj), None
+
+    def run(model, layer, x, c):
+        return Explainer(model, layer).explain(x, Opposite(), target=c).map[0].numpy()
+
+    return run
+
+
 def pgc_cam(pgc, cls_name: str, target: str = "class", **kw) -> Runner:
     def run(model, layer, x, c):
         from pytorch_grad_cam.utils import model_targets as mt
@@ -186,7 +210,9 @@ class Comparison:
     heavy: bool = False  # many forwards: fewer photos, one repetition
     per_layer: bool = True  # False: the method ignores the layer (FullGrad, Guided Backprop)
     note: str = ""
+    alt: Runner | None = None  # featurelens' map with the principal axis' sign flipped (eigen methods)
     r: dict[str, float] = field(default_factory=dict)
+    r_alt: dict[str, float] = field(default_factory=dict)
     ours_x: dict[str, float] = field(default_factory=dict)
     theirs_x: dict[str, float] = field(default_factory=dict)
 
@@ -209,9 +235,9 @@ def comparisons(pgc, tc, wanted: set[str] | None) -> list[Comparison]:
         add("layercam", P, pgc_cam(pgc, "LayerCAM"))
         add("hirescam", P, pgc_cam(pgc, "HiResCAM"))
         add("gradcamelementwise", P, pgc_cam(pgc, "GradCAMElementWise"))
-        add("eigencam", P, pgc_cam(pgc, "EigenCAM"))
-        add("eigengradcam", P, pgc_cam(pgc, "EigenGradCAM"))
-        add("kpcacam", P, pgc_cam(pgc, "KPCA_CAM"))
+        add("eigencam", P, pgc_cam(pgc, "EigenCAM"), alt=ours_opposite_sign("eigencam"))
+        add("eigengradcam", P, pgc_cam(pgc, "EigenGradCAM"), alt=ours_opposite_sign("eigengradcam"))
+        add("kpcacam", P, pgc_cam(pgc, "KPCA_CAM"), alt=ours_opposite_sign("kpcacam"))
         add("fem", P, pgc_cam(pgc, "FEM"))
         add("shapleycam", P, pgc_cam(pgc, "ShapleyCAM", target="rest"))
         add("finercam", P, pgc_finer(pgc))
@@ -254,17 +280,22 @@ def bare_forward(model, x, reps: int = 3) -> float:
         return statistics.median(timed(lambda: model(x))[0] for _ in range(reps))
 
 
-def run(comps: list[Comparison], model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int) -> None:
+def run(
+    comps: list[Comparison], model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int,
+    heavy_layers: list[str],
+) -> None:
     for comp in comps:
         try:
-            run_one(comp, model, images, reps, heavy_photos)
+            run_one(comp, model, images, reps, heavy_photos, heavy_layers if comp.heavy else LAYERS)
         except Exception as exc:  # one failing peer must not lose the other rows
             comp.note = f"failed: {type(exc).__name__}: {exc}"[:200]
             print(f"  {comp.method} vs {comp.peer}: {comp.note}", file=sys.stderr, flush=True)
 
 
-def run_one(comp: Comparison, model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int) -> None:
-    layers = LAYERS if comp.per_layer else ["head"]
+def run_one(
+    comp: Comparison, model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int, layers: list[str]
+) -> None:
+    layers = layers if comp.per_layer else ["head"]
     names = list(images)[: heavy_photos if comp.heavy else len(images)]
     n_reps = 1 if comp.heavy else reps
     x0 = images[names[0]]
@@ -272,7 +303,7 @@ def run_one(comp: Comparison, model, images: dict[str, torch.Tensor], reps: int,
     comp.mine(model, layers[0], x0, c0)  # warm-up both
     comp.theirs(model, layers[0], x0, c0)
     for layer in layers:
-        rs, mine_x, theirs_x = [], [], []
+        rs, mine_x, theirs_x, alts = [], [], [], []
         for name in names:
             x = images[name]
             with torch.no_grad():
@@ -288,6 +319,8 @@ def run_one(comp: Comparison, model, images: dict[str, torch.Tensor], reps: int,
         comp.r[key] = float(np.nanmean(rs)) if not all(np.isnan(rs)) else float("nan")
         comp.ours_x[key] = statistics.median(mine_x)
         comp.theirs_x[key] = statistics.median(theirs_x)
+        if alts:
+            comp.r_alt[key] = float(np.nanmean(alts))
         print(
             f"  {comp.method:18s} vs {comp.peer:22s} {key:9s} r={comp.r[key]:.4f} "
             f"ours {comp.ours_x[key]:.1f}x  theirs {comp.theirs_x[key]:.1f}x",
@@ -306,8 +339,8 @@ def table(comps: list[Comparison]) -> str:
             lines.append(f"| {c.method} | {c.peer} | {c.note or 'not run'} | | | | | | |")
             continue
         if c.per_layer:
-            rs = [f"{c.r[k]:.4f}" for k in LAYERS]
-            key = "head"
+            rs = [f"{c.r[k]:.4f}" if k in c.r else "–" for k in LAYERS]
+            key = "head" if "head" in c.ours_x else next(iter(c.ours_x))
         else:
             rs = [f"{c.r['all']:.4f} (no layer)", "", "", ""]
             key = "all"
@@ -315,6 +348,10 @@ def table(comps: list[Comparison]) -> str:
         lines.append(
             f"| {c.method} | {c.peer} | {' | '.join(rs)} | {c.ours_x[key]:.1f} | {c.theirs_x[key]:.1f} | {worst:.2f} |"
         )
+    for c in comps:
+        if c.r_alt:
+            flipped = ", ".join(f"{k} {v:.4f}" for k, v in c.r_alt.items())
+            lines.append(f"\n{c.method}: r of {c.peer} against featurelens with the opposite sign: {flipped}")
     return "\n".join(lines)
 
 
@@ -323,10 +360,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pgc", default=os.environ.get("PYTORCH_GRAD_CAM_SRC"), help="unpacked grad-cam 1.5.7 sdist")
     ap.add_argument("--photos", type=int, default=4)
     ap.add_argument("--heavy-photos", type=int, default=2, help="photos for Score-CAM/Ablation-CAM-like methods")
+    ap.add_argument("--heavy-layers", default=",".join(LAYERS), help="layers for the heavy methods")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--methods", default=None, help="comma-separated featurelens names (default: all shared)")
     ap.add_argument("--quick", action="store_true", help="2 photos, 1 heavy photo, 1 repetition")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no spin-wait on a loaded box)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.quick:
@@ -349,15 +387,16 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"# bench_peer: {len(images)} photos, torch {torch.__version__}, {args.threads} threads, "
           f"load {load[0]:.2f} {load[1]:.2f}", file=sys.stderr)
-    run(comps, model, images, args.reps, args.heavy_photos)
+    run(comps, model, images, args.reps, args.heavy_photos, args.heavy_layers.split(","))
     print(f"\nEfficientNet-Lite0, {len(images)} photos ({', '.join(images)}), 1 image per call, "
           f"load average {load[0]:.2f} at start; time = median ratio to a bare no_grad forward "
-          f"measured just before (at `head`); ours / theirs is the worst over the layers.\n")
+          f"measured just before (at `head`, else the first layer run); ours / theirs is the worst over "
+          f"the layers; heavy methods: {args.heavy_photos} photo(s) at {args.heavy_layers}.\n")
     print(table(comps))
     if args.json:
         Path(args.json).write_text(json.dumps([
             {"method": c.method, "peer": c.peer, "r": c.r, "ours_x": c.ours_x, "theirs_x": c.theirs_x,
-             "note": c.note}
+             "note": c.note, "r_opposite_sign": c.r_alt}
             for c in comps
         ], indent=1))
     return 0
