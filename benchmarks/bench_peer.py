@@ -5,8 +5,9 @@ samples), one image at a time, predicted class, at four layers (``head``, ``bloc
 ``blocks.12``, ``blocks.8``):
 
 * ``r``: Pearson correlation of the two 224×224 maps (each min-max normalised), mean over photos;
-* time as a RATIO to a bare ``torch.no_grad()`` forward of the same image measured just before, in
-  the same run (medians over photos and repetitions), and ``ours / theirs`` (< 1: featurelens faster).
+* time as a RATIO to a bare ``torch.no_grad()`` forward of the same image measured just before each
+  run, in the same process (medians over photos and repetitions; which library runs first alternates),
+  and ``ours / theirs`` (< 1: featurelens faster).
 
 Both libraries explain the same model object (featurelens' EfficientNet-Lite0 with named modules).
 
@@ -308,12 +309,20 @@ def run_one(
             x = images[name]
             with torch.no_grad():
                 c = int(model(x).argmax())
-            for _ in range(n_reps):
-                base = bare_forward(model, x)
-                t_m, m = timed(lambda x=x, c=c, layer=layer: comp.mine(model, layer, x, c))
-                t_t, t = timed(lambda x=x, c=c, layer=layer: comp.theirs(model, layer, x, c))
-                mine_x.append(t_m / base)
-                theirs_x.append(t_t / base)
+            for rep in range(n_reps):
+                # each run gets its own bare forward just before it, and the order alternates, so that
+                # load drifting on a shared machine does not favour either library
+                runs = [("mine", comp.mine), ("theirs", comp.theirs)]
+                if (rep + names.index(name) + layers.index(layer)) % 2:
+                    runs.reverse()
+                got = {}
+                for who, fn in runs:
+                    base = bare_forward(model, x)
+                    t_run, out = timed(lambda fn=fn, x=x, c=c, layer=layer: fn(model, layer, x, c))
+                    got[who] = (t_run / base, out)
+                mine_x.append(got["mine"][0])
+                theirs_x.append(got["theirs"][0])
+                m, t = got["mine"][1], got["theirs"][1]
             rs.append(pearson(m, t))
         key = layer if comp.per_layer else "all"
         comp.r[key] = float(np.nanmean(rs)) if not all(np.isnan(rs)) else float("nan")
