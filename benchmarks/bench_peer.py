@@ -210,6 +210,7 @@ class Comparison:
     mine: Runner
     heavy: bool = False  # many forwards: fewer photos, one repetition
     per_layer: bool = True  # False: the method ignores the layer (FullGrad, Guided Backprop)
+    only: list[str] | None = None  # the layers where the method applies (CAM: the map before pooling)
     note: str = ""
     alt: Runner | None = None  # featurelens' map with the principal axis' sign flipped (eigen methods)
     r: dict[str, float] = field(default_factory=dict)
@@ -249,7 +250,7 @@ def comparisons(pgc, tc, wanted: set[str] | None) -> list[Comparison]:
         add("guidedgradcam", P, pgc_guided(pgc, True))
     if tc is not None:
         T = "torchcam 0.5.0"
-        add("cam", T, tc_cam(tc, "CAM", False, fc_layer="fc"), mine=ours("cam"))
+        add("cam", T, tc_cam(tc, "CAM", False, fc_layer="fc"), only=["head"])
         add("gradcam", T, tc_cam(tc, "GradCAM", True))
         add("gradcampp", T, tc_cam(tc, "GradCAMpp", True))
         add("xgradcam", T, tc_cam(tc, "XGradCAM", True))
@@ -287,7 +288,8 @@ def run(
 ) -> None:
     for comp in comps:
         try:
-            run_one(comp, model, images, reps, heavy_photos, heavy_layers if comp.heavy else LAYERS)
+            layers = comp.only or (heavy_layers if comp.heavy else LAYERS)
+            run_one(comp, model, images, reps, heavy_photos, layers)
         except Exception as exc:  # one failing peer must not lose the other rows
             comp.note = f"failed: {type(exc).__name__}: {exc}"[:200]
             print(f"  {comp.method} vs {comp.peer}: {comp.note}", file=sys.stderr, flush=True)
