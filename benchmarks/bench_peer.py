@@ -326,6 +326,8 @@ def run_one(
                 theirs_x.append(got["theirs"][0])
                 m, t = got["mine"][1], got["theirs"][1]
             rs.append(pearson(m, t))
+            if comp.alt is not None:
+                alts.append(pearson(comp.alt(model, layer, x, c), t))
         key = layer if comp.per_layer else "all"
         comp.r[key] = float(np.nanmean(rs)) if not all(np.isnan(rs)) else float("nan")
         comp.ours_x[key] = statistics.median(mine_x)
