@@ -74,8 +74,15 @@ class SSCAM(_SampledScoreCAM):
     aliases = ("ss-cam", "smoothed-score-cam")
     reference = "Wang et al., SS-CAM: Smoothed Score-CAM, arXiv 2006.14255"
 
-    def __init__(self, num_samples: int = 35, std: float = 2.0, seed: int = 0, **score_options: Any) -> None:
-        super().__init__(num_samples, **score_options)
+    def __init__(
+        self,
+        num_samples: int = 35,
+        std: float = 2.0,
+        seed: int = 0,
+        top_n: int | None = None,
+        **score_options: Any,
+    ) -> None:
+        super().__init__(num_samples, top_n=top_n, **score_options)
         if not isinstance(std, (int, float)) or not std >= 0:
             raise MethodError(f"SS-CAM std must be a non-negative number, got {std!r}")
         self.std, self.seed = float(std), int(seed)
@@ -115,8 +122,8 @@ class ISCAM(_SampledScoreCAM):
     aliases = ("is-cam", "integrated-score-cam")
     reference = "Naidu et al., IS-CAM: Integrated Score-CAM, arXiv 2010.03023"
 
-    def __init__(self, num_samples: int = 10, **score_options: Any) -> None:
-        super().__init__(num_samples, **score_options)
+    def __init__(self, num_samples: int = 10, top_n: int | None = None, **score_options: Any) -> None:
+        super().__init__(num_samples, top_n=top_n, **score_options)
 
     def __repr__(self) -> str:
         return f"ISCAM(num_samples={self.num_samples}, top_n={self.top_n})"
