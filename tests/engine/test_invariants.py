@@ -13,7 +13,24 @@ from featurelens.errors import InferenceModeError, LayerNotFoundError, NoConvLay
 from featurelens.imaging import normalize_maps, resize_maps
 
 GRADIENT_METHODS = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam"]
-ALL_METHODS = ["cam", *GRADIENT_METHODS, "scorecam"]
+# the methods added for pytorch-grad-cam / torchcam parity (issue 15): gradient ones, then gradient-free
+EXTRA_GRADIENT_METHODS = ["eigengradcam", "gradcamelementwise", "guidedgradcam"]
+# gradient-based, with their own extra passes (not the shared one forward + one backward)
+EXTRA_OWN_PASS_METHODS = ["smoothgradcampp", "shapleycam", "finercam", "fullgrad", "guidedbackprop"]
+EXTRA_FREE_METHODS = ["eigencam", "kpcacam", "fem", "ablationcam", "sscam", "iscam"]
+ALL_METHODS = [
+    "cam", *GRADIENT_METHODS, "scorecam", *EXTRA_GRADIENT_METHODS, *EXTRA_OWN_PASS_METHODS, *EXTRA_FREE_METHODS
+]
+NO_CHANNEL_WEIGHTS = {
+    "layercam", "hirescam", "eigencam", "eigengradcam", "kpcacam", "gradcamelementwise", "fullgrad", "guidedbackprop"
+}
+NOT_CHECKED_HERE = {"relevancecam"}  # LRP hooks; tested in tests/methods/test_relevancecam.py
+
+
+def test_every_registered_method_goes_through_the_invariants():
+    from featurelens.methods import method_names
+
+    assert set(method_names()) - NOT_CHECKED_HERE == set(ALL_METHODS)
 
 
 def hook_count(model: nn.Module) -> int:
@@ -54,7 +71,9 @@ def test_maps_in_unit_range_and_upsampled(tiny_cnn, tiny_input, method):
         assert torch.allclose(m, expected)
 
 
-@pytest.mark.parametrize("method", [*GRADIENT_METHODS, "cam", "scorecam"])
+@pytest.mark.parametrize(
+    "method", [*GRADIENT_METHODS, *EXTRA_GRADIENT_METHODS, *EXTRA_OWN_PASS_METHODS, "cam", "scorecam"]
+)
 def test_zero_gradients_give_zero_maps_not_nan(tiny_cnn, tiny_input, method):
     """A classifier with an all-zero FC: every gradient (and CAM weight) is 0 → constant map → zeros."""
     with torch.no_grad():
@@ -162,7 +181,7 @@ def test_works_under_no_grad(tiny_cnn, tiny_input, method):
     assert torch.is_grad_enabled()
 
 
-@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("method", [*GRADIENT_METHODS, *EXTRA_GRADIENT_METHODS, *EXTRA_OWN_PASS_METHODS])
 def test_inference_mode_raises_clear_error(tiny_cnn, tiny_input, method):
     with torch.inference_mode(), pytest.raises(InferenceModeError, match="inference_mode"):
         Explainer(tiny_cnn, "relu2").explain(tiny_input, method)
@@ -304,7 +323,7 @@ def test_weights_shapes_and_element_wise_methods(tiny_cnn, tiny_input):
     exps = Explainer(tiny_cnn, "relu2").explain(tiny_input, ALL_METHODS)
     for name, exp in exps.items():
         w = exp.weights["relu2"]
-        if name in ("layercam", "hirescam"):
+        if name in NO_CHANNEL_WEIGHTS:
             assert w is None
         else:
             assert w.shape == (3, 8), name

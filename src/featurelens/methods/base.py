@@ -109,3 +109,17 @@ def check_4d(layer: LayerState) -> None:
             f"layer {layer.name!r} has output shape {tuple(layer.activation.shape)}; CAM methods need a "
             "[B, C, H, W] feature map (choose a convolutional layer, see `featurelens inspect`)"
         )
+
+
+def sample_scores(output: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
+    """Scores ``[n]`` of extra forward passes made for ONE explained sample: the logit of its fixed
+    class ``cls`` when the target is a class, else the target callable on ``output``."""
+    if cls is not None:
+        return output[:, cls].float()
+    from featurelens.targets import evaluate_target
+
+    return evaluate_target(ctx.target, output, output.shape[0]).float()
+
+
+def explained_class(ctx: MethodContext, b: int) -> int | None:
+    return None if ctx.target_indices is None else int(ctx.target_indices[b])

@@ -145,12 +145,16 @@ class ScoreCAM(Method):
                 constant = flat.amax(dim=1) == flat.amin(dim=1)
                 varying = chans[~constant]
                 if bool(constant.any()):
-                    # every constant channel has the all-zero mask: one forward for all of them
-                    out = ctx.model(torch.zeros_like(x[b : b + 1]))
-                    weights[b, chans[constant]] = self._scores(out, cls, ctx)[0]
+                    # every constant channel has the all-zero mask: one score for all of them
+                    zero = torch.zeros((1, *size), dtype=x.dtype, device=x.device)
+                    weights[b, chans[constant]] = self.masked_scores(x[b : b + 1], zero, cls, ctx)[0]
                 for start in range(0, varying.numel(), self.batch_size):
                     idx = varying[start : start + self.batch_size]
                     masks = channel_masks(a[b, idx], size).to(x.dtype)
-                    out = ctx.model(x[b : b + 1] * masks[:, None])
-                    weights[b, idx] = self._scores(out, cls, ctx)
+                    weights[b, idx] = self.masked_scores(x[b : b + 1], masks, cls, ctx)
         return weights
+
+    def masked_scores(self, x: Tensor, masks: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
+        """Scores ``[n]`` of one image ``x`` ``[1, C, H, W]`` under ``n`` masks ``[n, H, W]``:
+        ``softmax(f(x ⊙ M))_c``. SS-CAM and IS-CAM override this (noisy / integrated masks)."""
+        return self._scores(ctx.model(x * masks[:, None]), cls, ctx)
