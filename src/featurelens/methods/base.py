@@ -57,6 +57,8 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     needs_gradients: ClassVar[bool] = True
     reference: ClassVar[str] = ""
+    # Options of a cheaper approximate run ({} = the method has no fast mode); used by the demo.
+    fast_options: ClassVar[dict[str, Any]] = {}
 
     def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
         raise NotImplementedError

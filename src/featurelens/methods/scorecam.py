@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,8 @@ class ScoreCAM(Method):
     aliases = ("score-cam",)
     needs_gradients = False
     reference = "Wang et al., Score-CAM, CVPR Workshops 2020"
+
+    fast_options: ClassVar[dict[str, Any]] = {"fast": True}
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -74,6 +74,8 @@ class SSCAM(_SampledScoreCAM):
     aliases = ("ss-cam", "smoothed-score-cam")
     reference = "Wang et al., SS-CAM: Smoothed Score-CAM, arXiv 2006.14255"
 
+    fast_options: ClassVar[dict[str, Any]] = {"top_n": 16, "num_samples": 4}
+
     def __init__(
         self,
         num_samples: int = 35,
@@ -121,6 +123,8 @@ class ISCAM(_SampledScoreCAM):
     name = "iscam"
     aliases = ("is-cam", "integrated-score-cam")
     reference = "Naidu et al., IS-CAM: Integrated Score-CAM, arXiv 2010.03023"
+
+    fast_options: ClassVar[dict[str, Any]] = {"top_n": 16, "num_samples": 4}
 
     def __init__(self, num_samples: int = 10, top_n: int | None = None, **score_options: Any) -> None:
         super().__init__(num_samples, top_n=top_n, **score_options)

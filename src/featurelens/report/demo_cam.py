@@ -5,14 +5,13 @@ method (:func:`featurelens.methods.method_names`; methods registered later appea
 The page shows each photo with its top-5 classes and probabilities, one photos × methods grid of
 every method's map for the predicted class, and a table of the methods with their mode and time.
 
-Modes: the default run uses the fast mode of every method that has one (a ``fast`` argument of its
-constructor: Score-CAM scores its top-48 channels), and says so on the page; ``full`` runs every
+Modes: the default run uses the fast mode of every method that has one (its ``fast_options``:
+Score-CAM scores its top-48 channels; SS-CAM and IS-CAM their top-16 with 4 samples), and says so on the page; ``full`` runs every
 method exactly (exact Score-CAM); ``quick`` (the test suite) is the default mode on two photos.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -26,14 +25,11 @@ QUICK_PHOTOS = ["coffee", "chelsea"]
 
 
 def demo_options(name: str, full: bool) -> dict[str, Any]:
-    """Per-method options for the demo: ``fast=True`` for every method whose constructor takes a
-    ``fast`` argument, unless ``full`` (exact everything)."""
+    """Per-method options for the demo: the method's ``fast_options`` (its fast mode, if it has one),
+    unless ``full`` (exact everything)."""
     from featurelens.methods import METHODS
 
-    if full:
-        return {}
-    params = inspect.signature(METHODS[name].__init__).parameters
-    return {"fast": True} if "fast" in params else {}
+    return {} if full else dict(METHODS[name].fast_options)
 
 
 def _mode(name: str, full: bool) -> str:
@@ -43,8 +39,10 @@ def _mode(name: str, full: bool) -> str:
     if not demo_options(name, full):
         return "exact"
     method = get_method(name, **demo_options(name, full))
-    top_n = getattr(method, "top_n", None)
-    return f"fast mode (top {top_n} channels)" if top_n else "fast mode"
+    parts = [f"top {method.top_n} channels"] if getattr(method, "top_n", None) else []
+    if "num_samples" in demo_options(name, full):
+        parts.append(f"{method.num_samples} samples")
+    return f"fast mode ({', '.join(parts)})" if parts else "fast mode"
 
 
 def _bar(p: float) -> Raw:
