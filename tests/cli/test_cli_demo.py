@@ -111,6 +111,10 @@ def test_default_demo_uses_fast_modes_and_full_is_exact():
     assert get_method("scorecam", **demo_options("scorecam", full=False)).top_n == 48
     assert _mode("scorecam", full=False) == "fast mode (top 48 channels)"
     assert demo_options("gradcam", full=False) == {} and _mode("gradcam", full=False) == "exact"
+    for m in ("sscam", "iscam"):  # Score-CAM variants: fewer channels and fewer samples
+        method = get_method(m, **demo_options(m, full=False))
+        assert (method.top_n, method.num_samples) == (16, 4)
+        assert _mode(m, full=False) == "fast mode (top 16 channels, 4 samples)"
     for m in method_names():  # --full: every method exact
         assert demo_options(m, full=True) == {} and _mode(m, full=True) == "exact"
 
