@@ -4,6 +4,7 @@
     featurelens game serve [--database-url URL] [--host 127.0.0.1] [--port 8000] [--workers N]
     featurelens game export --campaign NAME --out labels.csv|labels.jsonl [--database-url URL]
     featurelens game progress --campaign NAME
+    featurelens game settings --campaign NAME [--seen-policy skip|label_only] [--agreement-rule address|gold]
 
 The database defaults to ``$FEATURELENS_GAME_DATABASE_URL`` or the SQLite file ``featurelens-game.sqlite3``.
 ``import``/``export``/``progress`` work on the database directly, or through a running server's admin API
@@ -65,12 +66,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     gold = store.load_gold(args.gold) if args.gold else None
     if args.server:
-        body = {"bundle": str(Path(args.bundle).resolve()), "campaign": args.campaign, "gold": gold}
+        body = {"bundle": str(Path(args.bundle).resolve()), "campaign": args.campaign, "gold": gold,
+                "seen_policy": args.seen_policy, "agreement_rule": args.agreement_rule}
         data = _admin(args, "POST", "/api/admin/import", json=body).json()
         print(f"imported campaign {data['campaign']!r}: {data['images']} images, {data['maps']} maps "
               f"({data['gold_maps']} gold)")
         return 0
-    s = store.import_bundle(_database(args), args.bundle, args.campaign, gold=gold)
+    s = store.import_bundle(_database(args), args.bundle, args.campaign, gold=gold, seen_policy=args.seen_policy,
+                            agreement_rule=args.agreement_rule)
     print(f"imported campaign {s.campaign!r}: {s.images} images, {s.maps} maps ({s.gold_maps} gold), "
           f"{len(s.class_names)} classes")
     return 0
@@ -102,6 +105,15 @@ def cmd_progress(args: argparse.Namespace) -> int:
     else:
         data = store.progress(_database(args), args.campaign)
     print(json.dumps(data, indent=1))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from featurelens.game import store
+
+    data = store.campaign_settings(_database(args), args.campaign, seen_policy=args.seen_policy,
+                                   agreement_rule=args.agreement_rule)
+    print(json.dumps(data))
     return 0
 
 
@@ -160,8 +172,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("bundle", help="bundle folder (or its bundle.json)")
     q.add_argument("--campaign", required=True, help="campaign name")
     q.add_argument("--gold", help="gold labels: JSON {cluster_id: [label, ...]} or CSV cluster_id,label")
+    q.add_argument("--seen-policy", choices=("label_only", "skip"), default="label_only",
+                   help="maps of a photo the player has seen: label-only rounds after the unseen ones (default) "
+                        "or never served (skip)")
+    q.add_argument("--agreement-rule", choices=("address", "gold"), default="address",
+                   help="agreement points only from other client addresses, or from players who passed gold checks")
     common(q)
     q.set_defaults(func=cmd_import)
+
+    q = sub.add_parser("settings", help="show or change a campaign's settings")
+    q.add_argument("--campaign", required=True)
+    q.add_argument("--seen-policy", choices=("skip", "label_only"))
+    q.add_argument("--agreement-rule", choices=("address", "gold"))
+    common(q, server=False)
+    q.set_defaults(func=cmd_settings)
 
     q = sub.add_parser("serve", help="run the web app")
     q.add_argument("--host", default="127.0.0.1")

@@ -73,6 +73,8 @@ class ImportRequest(BaseModel):
     bundle: str
     campaign: str
     gold: dict[str, list[str]] | None = None
+    seen_policy: str = Field(default="label_only", max_length=16)
+    agreement_rule: str = Field(default="address", max_length=16)
 
 
 def create_app(
@@ -469,7 +471,8 @@ def create_app(
     @app.post("/api/admin/import", status_code=201)
     def admin_import(request: Request, body: ImportRequest) -> dict[str, Any]:
         require_admin(request)
-        summary = store.import_bundle(db, body.bundle, body.campaign, gold=body.gold)
+        summary = store.import_bundle(db, body.bundle, body.campaign, gold=body.gold, seen_policy=body.seen_policy,
+                                      agreement_rule=body.agreement_rule)
         return {"campaign": summary.campaign, "images": summary.images, "maps": summary.maps,
                 "gold_maps": summary.gold_maps, "class_names": summary.class_names}
 

@@ -15,6 +15,14 @@ Assignment
     (``UNIQUE(player_id, cluster_pk)``) with the fewest expected labels (``label_count + open_count``),
     ties broken at random. With probability ``gold_rate`` a gold map (known labels) is served instead,
     when one is left for the player; agreement with its known labels gives the player's reliability.
+
+Seen photos (campaign setting ``seen_policy``)
+    Once a player has finished a round, they have seen its photo and class. The other maps of that photo
+    (same SHA-256 of the photo bytes, in any campaign) are then either served only after every unseen
+    map, as *label-only* rounds (``label_only``, the default: every map still gets labels): no class to
+    guess, no guess points; or never served to them (``skip``). A round is ``seen_before`` when the photo had been seen when it started or
+    when it is answered (a round opened in another campaign meanwhile); its guess scores 0 either way, and
+    the export's ``seen_before`` column says so.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import numpy as np
 from sqlalchemy import Integer, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import aliased
 
 from featurelens.game.db import Database, GameError
 from featurelens.game.masks import REVEAL_Q, encode_jpeg, reveal_series
@@ -65,7 +74,10 @@ from featurelens.game.scoring import (
 EXPORT_COLUMNS = (
     "campaign", "player", "image_id", "layer", "cluster_id", "cluster_index", "reveal_step", "q_percent",
     "guessed_class", "true_class", "correct", "label", "created_at",
+    "seen_before",
 )
+SEEN_POLICIES = ("skip", "label_only")
+AGREEMENT_RULES = ("address", "gold")
 MAX_LABELS = 5
 MAX_LABEL_CHARS = 48
 SESSION_DAYS = 30
@@ -157,6 +169,32 @@ class ImportSummary:
     maps: int
     gold_maps: int
     class_names: list[str]
+    content_hash: str = ""
+
+
+def bundle_content_hash(bundle: Any) -> str:
+    """SHA-256 of what a campaign is made of: every image id with its photo file's bytes and every cluster
+    id with its map file's bytes, in the bundle's order (metadata such as a creation time is left out)."""
+    h = hashlib.sha256()
+    for im in bundle.images:
+        h.update(f"image\0{im.id}\0".encode())
+        h.update(hashlib.sha256(bundle.path(im.file).read_bytes()).digest())
+        for c in im.clusters:
+            h.update(f"cluster\0{c.id}\0".encode())
+            h.update(hashlib.sha256(bundle.path(c.map_npy).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def validate_agreement_rule(rule: str) -> str:
+    if rule not in AGREEMENT_RULES:
+        raise ValidationError(f"agreement_rule must be one of {', '.join(AGREEMENT_RULES)}; got {rule!r}")
+    return rule
+
+
+def validate_seen_policy(policy: str) -> str:
+    if policy not in SEEN_POLICIES:
+        raise ValidationError(f"seen_policy must be one of {', '.join(SEEN_POLICIES)}; got {policy!r}")
+    return policy
 
 
 def _photo_rgb(path: Path) -> np.ndarray:
@@ -194,17 +232,28 @@ def import_bundle(
     campaign: str,
     *,
     gold: Mapping[str, Sequence[str]] | None = None,
+    seen_policy: str = "label_only",
+    agreement_rule: str = "address",
 ) -> ImportSummary:
     """Import an explanation bundle as a new campaign: photos, maps, pre-rendered reveal steps.
 
     ``true_class`` of an image is kept as is; where it is null the export and the scoring use the
     model's ``predicted_class`` instead. A true class missing from the bundle's class list is added
     to the campaign's class list, so a correct guess is always possible.
+
+    A bundle whose content (:func:`bundle_content_hash`) is already in a campaign is refused with
+    :class:`Conflict`: its players would replay maps they already know.
     """
     from featurelens.network.bundle import load_bundle
 
     name = validate_campaign_name(campaign)
+    validate_seen_policy(seen_policy)
+    validate_agreement_rule(agreement_rule)
     bundle = load_bundle(bundle_path)
+    try:
+        content_hash = bundle_content_hash(bundle)
+    except OSError as exc:
+        raise GameError(f"cannot read the bundle's files: {exc}") from None
     gold = {str(k): [_clean(x) for x in v if _clean(x)] for k, v in (gold or {}).items()}
     known = {c.id for _, c in bundle.clusters()}
     unknown = sorted(set(gold) - known)
@@ -216,9 +265,16 @@ def import_bundle(
         if truth not in class_names:
             class_names.append(truth)
 
-    with db.read() as s:
+    def _check(s: OrmSession) -> None:
         if s.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
             raise Conflict(f"campaign {name!r} already exists; choose another name")
+        other = s.scalar(select(Campaign.name).where(Campaign.content_hash == content_hash))
+        if other is not None:
+            raise Conflict(f"this bundle is already imported as campaign {other!r} (same content, sha256 "
+                           f"{content_hash[:12]}...); importing it again would let players replay maps they know")
+
+    with db.read() as s:
+        _check(s)
 
     # render everything before opening the write transaction
     rendered: list[tuple[Any, bytes, list[tuple[Any, list[bytes], bytes]]]] = []
@@ -239,13 +295,16 @@ def import_bundle(
             params_json=json.dumps({"model": bundle.model, "target": bundle.target, "reveal_q": REVEAL_Q}),
             active=True,
             created_at=utcnow(),
+            content_hash=content_hash,
+            seen_policy=seen_policy,
+            agreement_rule=agreement_rule,
         )
         s.add(camp)
         s.flush()
         n_maps = n_gold = 0
         for im, photo, clusters in rendered:
             img = Image(campaign_id=camp.id, image_key=im.id, true_class=im.true_class,
-                        predicted_class=im.predicted_class, photo=photo)
+                        predicted_class=im.predicted_class, photo=photo, photo_hash=hashlib.sha256(photo).hexdigest())
             s.add(img)
             s.flush()
             for c, steps, overlay in clusters:
@@ -259,12 +318,33 @@ def import_bundle(
                 s.add(ClusterAsset(cluster_pk=cl.id, kind="overlay", data=overlay))
                 n_maps += 1
                 n_gold += bool(labels)
-        return ImportSummary(name, len(rendered), n_maps, n_gold, class_names)
+        return ImportSummary(name, len(rendered), n_maps, n_gold, class_names, content_hash)
 
     try:
         return db.write(_write)
     except IntegrityError:
+        with db.read() as s:  # a concurrent import won: say which constraint
+            _check(s)
         raise Conflict(f"campaign {name!r} already exists; choose another name") from None
+
+
+def campaign_settings(db: Database, campaign: str, *, seen_policy: str | None = None,
+                      agreement_rule: str | None = None) -> dict[str, str]:
+    """Read (and, for the arguments given, change) a campaign's settings."""
+    if seen_policy is not None:
+        validate_seen_policy(seen_policy)
+    if agreement_rule is not None:
+        validate_agreement_rule(agreement_rule)
+
+    def _w(s: OrmSession) -> dict[str, str]:
+        camp = _campaign(s, campaign)
+        if seen_policy is not None:
+            camp.seen_policy = seen_policy
+        if agreement_rule is not None:
+            camp.agreement_rule = agreement_rule
+        return {"campaign": camp.name, "seen_policy": camp.seen_policy, "agreement_rule": camp.agreement_rule}
+
+    return db.write(_w)
 
 
 # ---------------------------------------------------------------------------
@@ -408,6 +488,7 @@ class RoundView:
     max_step: int
     class_names: list[str]
     is_gold: bool = False
+    label_only: bool = False  # the player has seen this photo: labels only, no guess points
     # only once finished:
     guessed_class: str | None = None
     correct: bool | None = None
@@ -449,7 +530,7 @@ def _round_view(s: OrmSession, rnd: Round, campaign: Campaign | None = None) -> 
         id=rnd.id, campaign=camp.name, cluster_id=cl.cluster_key, image_id=cl.image.image_key, layer=cl.layer,
         cluster_index=cl.cluster_index, status=rnd.status, reveal_step=rnd.reveal_step,
         q_percent=REVEAL_Q[rnd.reveal_step], max_step=len(REVEAL_Q) - 1,
-        class_names=json.loads(camp.class_names_json), is_gold=rnd.is_gold,
+        class_names=json.loads(camp.class_names_json), is_gold=rnd.is_gold, label_only=bool(rnd.seen_before),
     )
     if rnd.status != "open":
         view.guessed_class = rnd.guessed_class
@@ -477,13 +558,17 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
         ).first()
         if open_rnd is not None:
             return _round_view(s, open_rnd, camp)
-        seen = select(Round.cluster_pk).where(Round.player_id == player_id)
+        had = select(Round.cluster_pk).where(Round.player_id == player_id)
+        seen_photo = Image.photo_hash.in_(_seen_photos(player_id))
         pick = None
         for gold in ((True, False) if use_gold else (False, True)):
+            q = (select(Cluster.id, Cluster.is_gold, seen_photo.label("seen"))
+                 .join(Image, Image.id == Cluster.image_pk)
+                 .where(Cluster.campaign_id == camp.id, Cluster.is_gold.is_(gold), Cluster.id.not_in(had)))
+            if camp.seen_policy == "skip":
+                q = q.where(~seen_photo)
             pick = s.execute(
-                select(Cluster.id, Cluster.is_gold)
-                .where(Cluster.campaign_id == camp.id, Cluster.is_gold.is_(gold), Cluster.id.not_in(seen))
-                .order_by(Cluster.label_count + Cluster.open_count, func.random())
+                q.order_by(func.cast(seen_photo, Integer), Cluster.label_count + Cluster.open_count, func.random())
                 .limit(1)
             ).first()
             if pick is not None:
@@ -491,7 +576,8 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
         if pick is None:
             return None
         rnd = Round(player_id=player_id, cluster_pk=pick.id, campaign_id=camp.id, status="open", reveal_step=0,
-                    correct=False, guess_points=0, is_gold=bool(pick.is_gold), started_at=utcnow())
+                    correct=False, guess_points=0, is_gold=bool(pick.is_gold), started_at=utcnow(),
+                    seen_before=bool(pick.seen))
         s.add(rnd)
         s.execute(update(Cluster).where(Cluster.id == pick.id).values(open_count=Cluster.open_count + 1))
         s.flush()
@@ -504,6 +590,16 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
             if attempt == 4:
                 raise
     return None
+
+
+def _seen_photos(player_id: int, exclude_round: int | None = None, photo_hash: str | None = None):  # type: ignore[no-untyped-def]
+    """Subquery: SHA-256 of every photo the player has seen (the photos of their finished rounds)."""
+    im, cl, rd = aliased(Image), aliased(Cluster), aliased(Round)
+    q = (select(im.photo_hash).join(cl, cl.image_pk == im.id).join(rd, rd.cluster_pk == cl.id)
+         .where(rd.player_id == player_id, rd.status != "open", im.photo_hash.is_not(None)))
+    if exclude_round is not None:
+        q = q.where(rd.id != exclude_round)
+    return q.where(im.photo_hash == photo_hash) if photo_hash is not None else q
 
 
 def _own_round(s: OrmSession, player_id: int, round_id: int) -> Round:
@@ -612,7 +708,9 @@ def finish_round(
         img = rnd.cluster.image
         truth = img.true_class or img.predicted_class
         correct = guess is not None and guess == truth
-        gpts = guess_points(correct, rnd.reveal_step)
+        seen_before = bool(rnd.seen_before) or (img.photo_hash is not None and s.scalar(
+            _seen_photos(player_id, rnd.id, img.photo_hash).limit(1)) is not None)
+        gpts = 0 if seen_before else guess_points(correct, rnd.reveal_step)
         now = utcnow()
         gold_hit = None
         if rnd.is_gold and texts:
@@ -621,7 +719,7 @@ def finish_round(
         res = s.execute(
             update(Round).where(Round.id == rnd.id, Round.status == "open").values(
                 status="gave_up" if gave_up else "guessed", guessed_class=guess, correct=correct,
-                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit)
+                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit, seen_before=seen_before)
         )
         if res.rowcount != 1:
             raise _Raced()
@@ -792,7 +890,7 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         rows = s.execute(
             select(Player.username, Image.image_key, Cluster.layer, Cluster.cluster_key, Cluster.cluster_index,
                    Round.reveal_step, Round.guessed_class, Image.true_class, Image.predicted_class, Round.correct,
-                   Label.text, Label.created_at)
+                   Label.text, Label.created_at, Round.seen_before)
             .select_from(Label)
             .join(Round, Round.id == Label.round_id)
             .join(Player, Player.id == Label.player_id)
@@ -805,7 +903,7 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         {"campaign": camp.name, "player": r[0], "image_id": r[1], "layer": r[2], "cluster_id": r[3],
          "cluster_index": int(r[4]), "reveal_step": int(r[5]), "q_percent": REVEAL_Q[int(r[5])],
          "guessed_class": r[6] or "", "true_class": r[7] or r[8], "correct": bool(r[9]), "label": r[10],
-         "created_at": _iso(r[11])}
+         "created_at": _iso(r[11]), "seen_before": bool(r[12])}
         for r in rows
     ]
 
@@ -816,7 +914,7 @@ def write_export(rows: Sequence[Mapping[str, Any]], out: IO[str], fmt: str) -> N
         w = csv.writer(out, lineterminator="\n")
         w.writerow(EXPORT_COLUMNS)
         for r in rows:
-            w.writerow([("true" if r[c] else "false") if c == "correct" else r[c] for c in EXPORT_COLUMNS])
+            w.writerow([("true" if r[c] else "false") if isinstance(r[c], bool) else r[c] for c in EXPORT_COLUMNS])
     elif fmt == "jsonl":
         for r in rows:
             out.write(json.dumps({c: r[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
