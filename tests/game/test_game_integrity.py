@@ -185,3 +185,50 @@ def test_0002_database_upgrades_in_place_keeping_players(tmp_path, game_bundle):
     rnd = store.next_round(db, 1, "new", gold_rate=0.0)
     assert rnd is not None and not rnd.label_only
     engine.dispose()
+
+
+FORMULAS = ['=HYPERLINK("http://evil.example","x")', "+cmd stuff", "-2+3 sum", "@SUM(A1)", "\tTAB=1+1", "\rCR"]
+
+
+def test_csv_export_neutralises_spreadsheet_formulas_jsonl_stays_verbatim(app):
+    """Names and labels starting with = + - @, tab or CR get a leading ' in CSV; JSONL keeps them as typed."""
+    import json
+
+    from featurelens.game import store
+
+    texts = []
+    for i, payload in enumerate(FORMULAS):
+        p = ApiPlayer(app, name=f"=cmd|x{i}" if i == 0 else None)
+        assert p.signup().status_code == 201
+        rnd = p.start()
+        label = ("x" + payload[:2] + "y") if payload[0] in "\t\r" else payload[:48]  # labels collapse spaces
+        r = p.give_up(rnd["id"], [label])
+        assert r.status_code == 201, r.text
+        texts.append((p.name, r.json()["round"]["labels"][0]["text"]))
+    rows = store.export_rows(app.state.db, "test")
+    buf = io.StringIO()
+    store.write_export(rows, buf, "csv")
+    out = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    for row, (name, label) in zip(out, texts):
+        assert row["player"] == ("'" + name if name.startswith("=") else name)
+        if label.startswith(store.FORMULA_PREFIXES):
+            assert row["label"] == "'" + label
+        else:
+            assert row["label"] == label
+    assert sum(r["label"].startswith("'") for r in out) == 4
+    for cell in [c for r in out for c in r.values()]:
+        assert not cell.startswith(store.FORMULA_PREFIXES), cell
+    buf = io.StringIO()
+    store.write_export(rows, buf, "jsonl")
+    recs = [json.loads(x) for x in buf.getvalue().splitlines()]
+    assert [(r["player"], r["label"]) for r in recs] == texts  # verbatim
+
+
+def test_csv_cell_reference():
+    from featurelens.game.store import csv_cell
+
+    for text in ["=1+1", "+1", "-1", "@a", "\tx", "\rx"]:
+        assert csv_cell(text) == "'" + text
+    for text in ["a=1", " =1", "1-2", "fur", "", "'quoted"]:
+        assert csv_cell(text) == text
+    assert csv_cell(True) == "true" and csv_cell(False) == "false" and csv_cell(3) == 3 and csv_cell(None) == ""

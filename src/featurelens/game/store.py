@@ -908,13 +908,29 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
     ]
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting with ``= + - @``, a tab or a carriage return
+    gets a leading ``'`` (OWASP's "CSV injection" advice); booleans become ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def write_export(rows: Sequence[Mapping[str, Any]], out: IO[str], fmt: str) -> None:
-    """Write rows as ``csv`` (header, ``true``/``false``) or ``jsonl`` (JSON booleans and numbers)."""
+    """Write rows as ``csv`` (header, ``true``/``false``, formulas neutralised by :func:`csv_cell`) or
+    ``jsonl`` (verbatim texts, JSON booleans and numbers)."""
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(EXPORT_COLUMNS)
         for r in rows:
-            w.writerow([("true" if r[c] else "false") if isinstance(r[c], bool) else r[c] for c in EXPORT_COLUMNS])
+            w.writerow([csv_cell(r[c]) for c in EXPORT_COLUMNS])
     elif fmt == "jsonl":
         for r in rows:
             out.write(json.dumps({c: r[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")
