@@ -127,6 +127,7 @@ def make_app():
     def _make(url, **kw):
         kw.setdefault("admin_token", ADMIN)
         kw.setdefault("rate_limit", None)
+        kw.setdefault("signup_limit", None)  # the tests sign up many players from one address
         kw.setdefault("gold_rate", 0.0)
         kw.setdefault("hasher", store.PasswordHasher(**FAST_HASH))
         app = create_app(url, **kw)

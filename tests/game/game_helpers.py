@@ -22,10 +22,11 @@ def unique(prefix: str = "p") -> str:
 class ApiPlayer:
     """A player speaking the JSON API through a TestClient (its own cookie jar)."""
 
-    def __init__(self, app, name: str | None = None, password: str = "secret password") -> None:
+    def __init__(self, app, name: str | None = None, password: str = "secret password",
+                 client: tuple[str, int] | None = None) -> None:
         from starlette.testclient import TestClient
 
-        self.c = TestClient(app)
+        self.c = TestClient(app, client=client) if client else TestClient(app)  # client: (address, port)
         self.name = name or unique()
         self.password = password
         self.csrf = self.c.get("/api/csrf").json()["csrf_token"]

@@ -164,7 +164,8 @@ def test_label_validation_messages(player):
 
 def test_label_agreement_points_for_both_players(make_app, db_url):
     app = make_app(db_url)
-    a, b, c = ApiPlayer(app), ApiPlayer(app), ApiPlayer(app)
+    # three players at three addresses (agreement between accounts behind one address does not count)
+    a, b, c = (ApiPlayer(app, client=(f"192.0.2.{i}", 5000)) for i in (1, 2, 3))
     for p in (a, b, c):
         p.signup()
     ra = a.start("one")

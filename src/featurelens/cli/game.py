@@ -144,6 +144,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "FEATURELENS_GAME_RATE_LIMIT": args.rate_limit,
         "FEATURELENS_GAME_GOLD_RATE": str(args.gold_rate),
         "FEATURELENS_GAME_MIGRATE": "0",
+        "FEATURELENS_GAME_SIGNUP_LIMIT": args.signup_limit,
+        "FEATURELENS_GAME_TRUSTED_PROXIES": ",".join(args.trusted_proxy or []),
     })
     if token:
         os.environ["FEATURELENS_ADMIN_TOKEN"] = token
@@ -193,6 +195,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--workers", type=int, default=1, help="worker processes (SQLite WAL and PostgreSQL both work)")
     q.add_argument("--rate-limit", type=_parse_rate, default="30/60", help="answers per player: N/SECONDS or off")
     q.add_argument("--gold-rate", type=float, default=0.1, help="share of rounds served on gold maps")
+    q.add_argument("--signup-limit", type=_parse_rate, default="20/3600",
+                   help="new accounts per client address: N/SECONDS or off")
+    q.add_argument("--trusted-proxy", action="append", metavar="ADDRESS",
+                   help="a reverse proxy (address or network) whose X-Forwarded-For is believed; repeatable")
     q.add_argument("--log-level", default="warning")
     common(q, server=False)
     q.set_defaults(func=cmd_serve)

@@ -18,9 +18,11 @@ Protection
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import secrets
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -89,12 +91,19 @@ def create_app(
     hasher: store.PasswordHasher | None = None,
     run_migrations: bool = True,
     pool_size: int = 10,
+    signup_limit: tuple[int, float] | None = (20, 3600.0),
+    login_address_limit: tuple[int, float] | None = (100, 300.0),
+    trusted_proxies: Sequence[str] = (),
 ) -> FastAPI:
     """Build the game app on ``database_url`` (SQLite file URL/path or PostgreSQL URL).
 
     ``rate_limit=(n, seconds)``: at most ``n`` answers per player per window (``None`` disables it).
-    ``login_limit=(n, seconds)``: at most ``n`` failed log-ins per user name per window, counted in the
-    database (so it holds across worker processes); further attempts get HTTP 429 without a password check.
+    ``login_limit=(n, seconds)``: ``n`` failed log-ins per (user name, client address) per window, then an
+    exponential backoff for that pair only (:func:`store.login_retry_after`); ``login_address_limit``: failed
+    log-ins per address over all names; ``signup_limit``: new accounts per address. All are counted in the
+    database (so they hold across worker processes) and answered with HTTP 429 without a password check.
+    ``trusted_proxies``: addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed
+    (the client is the right-most address that is not a trusted proxy); otherwise the peer address is used.
     ``secure_cookies``: force the ``Secure`` cookie flag (default: when the request came over HTTPS).
     """
     engine = make_engine(database_url, pool_size=pool_size)
@@ -128,6 +137,11 @@ def create_app(
         return response
 
     # -- helpers ----------------------------------------------------------
+    proxies = _parse_networks(trusted_proxies)
+
+    def client_addr(request: Request) -> str:
+        return _client_address(request, proxies)
+
     def _secure(request: Request) -> bool:
         return secure_cookies if secure_cookies is not None else request.url.scheme == "https"
 
@@ -238,9 +252,13 @@ def create_app(
                     csrf_token: str = Form("")) -> Response:
         check_csrf(request, csrf_token)
         try:
-            pid = store.create_player(db, hasher, username, password)
-        except (store.ValidationError, store.Conflict) as exc:
-            return page(request, "signup.html", status_code=_status(exc), error=str(exc), username=username)
+            pid = store.create_player(db, hasher, username, password, client_addr=client_addr(request),
+                                      signup_limit=signup_limit)
+        except (store.ValidationError, store.Conflict, store.RateLimited) as exc:
+            resp = page(request, "signup.html", status_code=_status(exc), error=str(exc), username=username)
+            if isinstance(exc, store.RateLimited):
+                resp.headers["Retry-After"] = f"{exc.retry_after:.0f}"
+            return resp
         resp = RedirectResponse("/play", status_code=303)
         login_cookie(request, resp, store.open_session(db, pid))
         return resp
@@ -253,14 +271,20 @@ def create_app(
     def login_form(request: Request, username: str = Form(""), password: str = Form(""),
                    csrf_token: str = Form("")) -> Response:
         check_csrf(request, csrf_token)
-        if store.login_retry_after(db, username, login_limit) is not None:
-            return page(request, "login.html", status_code=429, username=username,
+        addr = client_addr(request)
+        retry = store.login_retry_after(db, username, login_limit, client_addr=addr,
+                                        address_limit=login_address_limit)
+        if retry is not None:
+            resp = page(request, "login.html", status_code=429, username=username,
                         error="too many failed log-ins for this name; wait a few minutes")
+            resp.headers["Retry-After"] = f"{retry:.0f}"
+            return resp
         pid = store.authenticate(db, hasher, username, password)
         if pid is None:
-            store.record_login_failure(db, username, login_limit[1])
+            store.record_login_failure(db, username, login_limit[1], client_addr=addr)
             return page(request, "login.html", status_code=401, error="wrong user name or password",
                         username=username)
+        store.clear_login_failures(db, username, addr)
         resp = RedirectResponse("/play", status_code=303)
         login_cookie(request, resp, store.open_session(db, pid))
         return resp
@@ -309,7 +333,8 @@ def create_app(
         check_csrf(request, csrf)
         try:
             store.finish_round(db, player.player_id, round_id, guessed_class=guess, labels=labels,
-                               idempotency_key=key, matcher=matcher, rate_limit=rate_limit)
+                               idempotency_key=key, matcher=matcher, rate_limit=rate_limit,
+                               client_addr=client_addr(request))
         except (store.ValidationError, store.RateLimited) as exc:
             view = store.get_round(db, player.player_id, round_id)
             resp = page(request, "round.html", status_code=_status(exc), r=view, key=key, error=str(exc),
@@ -358,7 +383,8 @@ def create_app(
     @app.post("/api/signup", status_code=201)
     def api_signup(request: Request, body: Credentials) -> Response:
         check_csrf(request, None)
-        pid = store.create_player(db, hasher, body.username, body.password)
+        pid = store.create_player(db, hasher, body.username, body.password, client_addr=client_addr(request),
+                                  signup_limit=signup_limit)
         sess = store.open_session(db, pid)
         resp = JSONResponse({"player": sess.username, "csrf_token": sess.csrf_token}, status_code=201)
         login_cookie(request, resp, sess)
@@ -367,13 +393,16 @@ def create_app(
     @app.post("/api/login")
     def api_login(request: Request, body: Credentials) -> Response:
         check_csrf(request, None)
-        retry = store.login_retry_after(db, body.username, login_limit)
+        addr = client_addr(request)
+        retry = store.login_retry_after(db, body.username, login_limit, client_addr=addr,
+                                        address_limit=login_address_limit)
         if retry is not None:
             raise store.RateLimited("too many failed log-ins for this name; wait a few minutes", retry)
         pid = store.authenticate(db, hasher, body.username, body.password)
         if pid is None:
-            store.record_login_failure(db, body.username, login_limit[1])
+            store.record_login_failure(db, body.username, login_limit[1], client_addr=addr)
             return JSONResponse({"detail": "wrong user name or password"}, status_code=401)
+        store.clear_login_failures(db, body.username, addr)
         sess = store.open_session(db, pid)
         resp = JSONResponse({"player": sess.username, "csrf_token": sess.csrf_token})
         login_cookie(request, resp, sess)
@@ -437,7 +466,8 @@ def create_app(
         key = request.headers.get("idempotency-key") or body.idempotency_key or ""
         res = store.finish_round(db, player.player_id, round_id,
                                  guessed_class=None if give_up else (body.guessed_class or ""),
-                                 labels=body.labels, idempotency_key=key, matcher=matcher, rate_limit=rate_limit)
+                                 labels=body.labels, idempotency_key=key, matcher=matcher, rate_limit=rate_limit,
+                                 client_addr=client_addr(request))
         return JSONResponse({"round": _round_json(res.round, request), "points": res.points, "replayed": res.replayed},
                             status_code=200 if res.replayed else 201)
 
@@ -496,6 +526,40 @@ def create_app(
     return app
 
 
+def _parse_networks(items: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Trusted proxies as networks (``10.0.0.1``, ``10.0.0.0/8``, ``::1``); a bad entry is a GameError."""
+    nets = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise store.GameError(f"trusted proxy {item!r} is not an IP address or network") from None
+    return nets
+
+
+def _in(addr: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in n for n in nets)
+
+
+def _client_address(request: Request, proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address: the TCP peer; behind a trusted proxy, the right-most ``X-Forwarded-For`` entry
+    that is not itself a trusted proxy (entries left of it could be forged by the client)."""
+    peer = request.client.host if request.client else ""
+    if not proxies or not _in(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    while hops and _in(hops[-1], proxies):
+        hops.pop()
+    return hops[-1][:100] if hops else peer
+
+
 class _CsrfError(Exception):
     pass
 
@@ -511,16 +575,22 @@ class _AdminError(Exception):
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` workers: configuration from environment variables
     ``FEATURELENS_GAME_DATABASE_URL``, ``FEATURELENS_ADMIN_TOKEN``, ``FEATURELENS_GAME_RATE_LIMIT``
-    (``N/SECONDS`` or ``off``) and ``FEATURELENS_GAME_GOLD_RATE``."""
-    rate = os.environ.get("FEATURELENS_GAME_RATE_LIMIT", "30/60")
-    limit: tuple[int, float] | None = None
-    if rate.lower() not in ("off", "none", "0"):
-        n, _, w = rate.partition("/")
-        limit = (int(n), float(w or 60))
+    (``N/SECONDS`` or ``off``), ``FEATURELENS_GAME_GOLD_RATE``, ``FEATURELENS_GAME_SIGNUP_LIMIT``
+    (``N/SECONDS`` or ``off``, default 20/3600) and ``FEATURELENS_GAME_TRUSTED_PROXIES`` (comma-separated)."""
+
+    def _limit(text: str) -> tuple[int, float] | None:
+        if text.lower() in ("off", "none", "0"):
+            return None
+        n, _, w = text.partition("/")
+        return (int(n), float(w or 60))
+
+    limit = _limit(os.environ.get("FEATURELENS_GAME_RATE_LIMIT", "30/60"))
     return create_app(
         os.environ.get("FEATURELENS_GAME_DATABASE_URL", "featurelens-game.sqlite3"),
         admin_token=os.environ.get("FEATURELENS_ADMIN_TOKEN") or None,
         rate_limit=limit,
         gold_rate=float(os.environ.get("FEATURELENS_GAME_GOLD_RATE", "0.1")),
         run_migrations=os.environ.get("FEATURELENS_GAME_MIGRATE", "1") != "0",
+        signup_limit=_limit(os.environ.get("FEATURELENS_GAME_SIGNUP_LIMIT", "20/3600")),
+        trusted_proxies=[x for x in os.environ.get("FEATURELENS_GAME_TRUSTED_PROXIES", "").split(",") if x.strip()],
     )

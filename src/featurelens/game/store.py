@@ -60,6 +60,7 @@ from featurelens.game.models import (
     Player,
     Round,
     Session,
+    Signup,
     utcnow,
 )
 from featurelens.game.scoring import (
@@ -74,8 +75,11 @@ from featurelens.game.scoring import (
 EXPORT_COLUMNS = (
     "campaign", "player", "image_id", "layer", "cluster_id", "cluster_index", "reveal_step", "q_percent",
     "guessed_class", "true_class", "correct", "label", "created_at",
-    "seen_before",
+    "seen_before", "verified",
 )
+#: a player "passed gold checks" with at least this many gold rounds, and this share of them agreeing
+GOLD_MIN_ROUNDS = 2
+GOLD_MIN_RELIABILITY = 0.5
 SEEN_POLICIES = ("skip", "label_only")
 AGREEMENT_RULES = ("address", "gold")
 MAX_LABELS = 5
@@ -390,14 +394,41 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_player(db: Database, hasher: PasswordHasher, username: str, password: str) -> int:
+def client_key(address: str | None) -> str | None:
+    """What is stored of a client address: a (salted-prefix) SHA-256, 32 hex digits; ``None`` if unknown."""
+    if not address:
+        return None
+    return hashlib.sha256(b"featurelens-client\0" + address.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _signup_retry(s: OrmSession, key: str, limit: tuple[int, float]) -> None:
+    retry = _window_retry(s, Signup.at, Signup.client_key == key, limit, 1.0)
+    if retry is not None:
+        raise RateLimited(f"too many new accounts from your address (at most {limit[0]} per {limit[1]:g} s); "
+                          "try again later", retry)
+
+
+def create_player(db: Database, hasher: PasswordHasher, username: str, password: str, *,
+                  client_addr: str | None = None, signup_limit: tuple[int, float] | None = None) -> int:
+    """A new account. With ``signup_limit=(n, seconds)`` and a client address, at most ``n`` sign-ups per
+    address per window (counted in the database, so all workers agree); more raise :class:`RateLimited`."""
     username = validate_username(username)
     validate_password(password)
+    key = client_key(client_addr)
+    limit = signup_limit if key else None
+    if limit:
+        with db.read() as s:  # cheap check before the (deliberately slow) password hash
+            _signup_retry(s, key, limit)  # type: ignore[arg-type]
     pw_hash = hasher.hash(password)
 
     def _w(s: OrmSession) -> int:
+        now = utcnow()
+        if limit:
+            _signup_retry(s, key, limit)  # type: ignore[arg-type]
+            s.execute(delete(Signup).where(Signup.at < now - dt.timedelta(seconds=limit[1])))
+            s.add(Signup(client_key=key, at=now))
         p = Player(username=username, username_key=username.casefold(), password_hash=pw_hash,
-                   created_at=utcnow())
+                   created_at=now)
         s.add(p)
         s.flush()
         return p.id
@@ -421,24 +452,54 @@ def _login_key(username: str) -> str:
     return _clean(username).casefold()[:200]
 
 
-def login_retry_after(db: Database, username: str, limit: tuple[int, float]) -> float | None:
-    """Seconds until ``username`` may try again if it had ``limit[0]`` failed log-ins in the last
-    ``limit[1]`` seconds, else ``None``. Counted in the database, so all worker processes agree."""
+def login_retry_after(db: Database, username: str, limit: tuple[int, float], *, client_addr: str | None = None,
+                      address_limit: tuple[int, float] | None = None) -> float | None:
+    """Seconds until a log-in as ``username`` from ``client_addr`` may be tried again, or ``None``.
+
+    Backoff per (name, address): with ``limit = (n, window)`` and ``f`` failures of this pair in the last
+    ``window`` seconds, once ``f >= n`` the pair waits ``min(2^(f-n), window)`` seconds after its last
+    failure. Failures from *other* addresses do not count, so nobody can lock an owner out from elsewhere.
+    ``address_limit = (m, window)``: at most ``m`` failures per address over all names (password spraying).
+    Without an address the failures are counted per name only. Counted in the database (all workers agree)."""
+    key = client_key(client_addr)
+    count, window = limit
     with db.read() as s:
-        return _window_retry(s, LoginFailure.at, LoginFailure.username_key == _login_key(username), limit, 1.0)
+        where = LoginFailure.username_key == _login_key(username)
+        if key is not None:
+            where = and_(where, LoginFailure.client_key == key)
+        since = utcnow() - dt.timedelta(seconds=window)
+        times = s.scalars(select(LoginFailure.at).where(where, LoginFailure.at >= since)
+                          .order_by(LoginFailure.at.desc()).limit(count + 64)).all()
+        if len(times) >= count:
+            wait = min(2.0 ** (len(times) - count), window)
+            retry = wait - (utcnow() - times[0]).total_seconds()
+            if retry > 0:
+                return max(retry, 1.0)
+        if key is not None and address_limit:
+            return _window_retry(s, LoginFailure.at, LoginFailure.client_key == key, address_limit, 1.0)
+    return None
 
 
-def record_login_failure(db: Database, username: str, window: float) -> None:
-    """Store one failed log-in for ``username``. Failures older than ``window`` seconds (of any name)
-    are pruned, so guessing many names cannot grow the table beyond one window of failures."""
+def record_login_failure(db: Database, username: str, window: float, *, client_addr: str | None = None) -> None:
+    """Store one failed log-in for ``username`` from ``client_addr``. Failures older than ``window`` seconds
+    (of any name) are pruned, so guessing many names cannot grow the table beyond one window of failures."""
     key = _login_key(username)
+    ckey = client_key(client_addr)
 
     def _w(s: OrmSession) -> None:
         now = utcnow()
         s.execute(delete(LoginFailure).where(LoginFailure.at < now - dt.timedelta(seconds=window)))
-        s.add(LoginFailure(username_key=key, at=now))
+        s.add(LoginFailure(username_key=key, at=now, client_key=ckey))
 
     db.write(_w)
+
+
+def clear_login_failures(db: Database, username: str, client_addr: str | None) -> None:
+    """After a successful log-in: forget the failures of this (name, address)."""
+    ckey = client_key(client_addr)
+    where = LoginFailure.username_key == _login_key(username)
+    where = and_(where, LoginFailure.client_key == ckey) if ckey else where
+    db.write(lambda s: s.execute(delete(LoginFailure).where(where)))
 
 
 def open_session(db: Database, player_id: int) -> PlayerSession:
@@ -659,6 +720,31 @@ def _check_rate(s: OrmSession, player_id: int, limit: tuple[int, float] | None) 
         raise RateLimited(f"slow down: at most {limit[0]} answers per {limit[1]:g} s", retry)
 
 
+def _passed_gold(s: OrmSession, player_ids: set[int]) -> set[int]:
+    """The players among ``player_ids`` who passed gold checks: at least :data:`GOLD_MIN_ROUNDS` gold rounds
+    with labels, and at least :data:`GOLD_MIN_RELIABILITY` of them agreeing with a known label."""
+    rows = s.execute(
+        select(Round.player_id, func.count(Round.id), func.sum(func.cast(Round.gold_hit, Integer)))
+        .where(Round.player_id.in_(sorted(player_ids)), Round.gold_hit.is_not(None)).group_by(Round.player_id)
+    ).all()
+    return {pid for pid, n, hits in rows if n >= GOLD_MIN_ROUNDS and (hits or 0) / n >= GOLD_MIN_RELIABILITY}
+
+
+def _independent(rule: str, other_id: int, other_key: str | None, my_id: int, my_key: str | None,
+                 trusted: set[int]) -> object | None:
+    """Whose agreement this is, as an independent source for a label by ``my_id`` at ``my_key``, or
+    ``None`` when it does not count. Rule ``address``: the other label's client address, if both are known
+    and differ (so accounts behind one address agree with each other for nothing). Rule ``gold``: the other
+    player, if they passed gold checks (:func:`_passed_gold`). Points = 10 × distinct sources (at most 5)."""
+    if other_id == my_id:
+        return None
+    if rule == "gold":
+        return ("player", other_id) if other_id in trusted else None
+    if other_key is None or my_key is None or other_key == my_key:
+        return None
+    return ("address", other_key)
+
+
 def _agrees(matcher: LabelMatcher, text: str, norm: str, other_text: str, other_norm: str) -> bool:
     if isinstance(matcher, LemmaMatcher | ExactMatcher):
         return bool(norm) and norm == other_norm
@@ -675,13 +761,17 @@ def finish_round(
     idempotency_key: str,
     matcher: LabelMatcher | None = None,
     rate_limit: tuple[int, float] | None = None,
+    client_addr: str | None = None,
 ) -> FinishResult:
-    """Guess (``guessed_class`` given) or give up (``None``), storing the labels; see module docstring."""
+    """Guess (``guessed_class`` given) or give up (``None``), storing the labels; see module docstring.
+
+    Agreement points follow the campaign's ``agreement_rule`` (see :func:`_independent`)."""
     matcher = matcher or LemmaMatcher()
     key = str(idempotency_key or "").strip()
     if not 8 <= len(key) <= 100:
         raise ValidationError("an idempotency key of 8 to 100 characters is required")
     gave_up = guessed_class is None
+    my_key = client_key(client_addr)
     texts = validate_labels(labels, matcher, required=not gave_up)
     norms = [matcher.normalize(t) for t in texts]
 
@@ -719,25 +809,39 @@ def finish_round(
         res = s.execute(
             update(Round).where(Round.id == rnd.id, Round.status == "open").values(
                 status="gave_up" if gave_up else "guessed", guessed_class=guess, correct=correct,
-                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit, seen_before=seen_before)
+                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit, seen_before=seen_before,
+                client_key=my_key)
         )
         if res.rowcount != 1:
             raise _Raced()
         others = s.execute(
-            select(Label.id, Label.player_id, Label.text, Label.norm)
+            select(Label.id, Label.player_id, Label.text, Label.norm, Round.client_key)
+            .join(Round, Round.id == Label.round_id)
             .where(Label.cluster_pk == rnd.cluster_pk, Label.player_id != player_id)
         ).all()
+        rule = camp.agreement_rule
+        trusted = (_passed_gold(s, {o.player_id for o in others} | {player_id}) if rule == "gold" and others
+                   else set())
         bump: set[int] = set()
         total = gpts
         for pos, (t, n) in enumerate(zip(texts, norms)):
             agreeing = [o for o in others if _agrees(matcher, t, n, o.text, o.norm)]
-            pts = AGREE_POINTS * min(len({o.player_id for o in agreeing}), AGREE_CAP)
-            bump.update(o.id for o in agreeing)
+            sources = {_independent(rule, o.player_id, o.client_key, player_id, my_key, trusted) for o in agreeing}
+            sources.discard(None)
+            pts = AGREE_POINTS * min(len(sources), AGREE_CAP)
+            for o in agreeing:  # an earlier label earns once more if this answer is a new independent source
+                mine = _independent(rule, player_id, my_key, o.player_id, o.client_key, trusted)
+                before = {_independent(rule, a.player_id, a.client_key, o.player_id, o.client_key, trusted)
+                          for a in agreeing if a.id != o.id}
+                if mine is not None and mine not in before:
+                    bump.add(o.id)
             s.add(Label(round_id=rnd.id, player_id=player_id, cluster_pk=rnd.cluster_pk, position=pos, text=t,
-                        norm=n, points=pts, created_at=now))
+                        norm=n, points=pts, created_at=now, verified=pts > 0))
             total += pts
         if bump:
-            s.execute(update(Label).where(and_(Label.id.in_(sorted(bump)), Label.points < AGREE_POINTS * AGREE_CAP))
+            ids = sorted(bump)
+            s.execute(update(Label).where(Label.id.in_(ids)).values(verified=True))
+            s.execute(update(Label).where(and_(Label.id.in_(ids), Label.points < AGREE_POINTS * AGREE_CAP))
                       .values(points=Label.points + AGREE_POINTS))
         s.execute(update(Cluster).where(Cluster.id == rnd.cluster_pk).values(
             label_count=Cluster.label_count + len(texts),
@@ -890,7 +994,7 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         rows = s.execute(
             select(Player.username, Image.image_key, Cluster.layer, Cluster.cluster_key, Cluster.cluster_index,
                    Round.reveal_step, Round.guessed_class, Image.true_class, Image.predicted_class, Round.correct,
-                   Label.text, Label.created_at, Round.seen_before)
+                   Label.text, Label.created_at, Round.seen_before, Label.verified)
             .select_from(Label)
             .join(Round, Round.id == Label.round_id)
             .join(Player, Player.id == Label.player_id)
@@ -903,7 +1007,8 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         {"campaign": camp.name, "player": r[0], "image_id": r[1], "layer": r[2], "cluster_id": r[3],
          "cluster_index": int(r[4]), "reveal_step": int(r[5]), "q_percent": REVEAL_Q[int(r[5])],
          "guessed_class": r[6] or "", "true_class": r[7] or r[8], "correct": bool(r[9]), "label": r[10],
-         "created_at": _iso(r[11]), "seen_before": bool(r[12])}
+         "created_at": _iso(r[11]), "seen_before": bool(r[12]),
+         "verified": None if r[13] is None else bool(r[13])}
         for r in rows
     ]
 
