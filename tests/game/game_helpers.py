@@ -90,7 +90,7 @@ def start_server(db_url: str, port: int, *, workers: int = 1, rate_limit: str = 
     out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "featurelens.cli.main", "game", "serve", "--database-url", db_url, "--port", str(port),
-         "--workers", str(workers), "--rate-limit", rate_limit, "--gold-rate", "0"],
+         "--workers", str(workers), "--rate-limit", rate_limit, "--gold-rate", "0", "--signup-limit", "off"],
         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
 

@@ -4,6 +4,7 @@
     featurelens game serve [--database-url URL] [--host 127.0.0.1] [--port 8000] [--workers N]
     featurelens game export --campaign NAME --out labels.csv|labels.jsonl [--database-url URL]
     featurelens game progress --campaign NAME
+    featurelens game reset-password NAME [--base-url http://127.0.0.1:8000] [--hours 24]
     featurelens game settings --campaign NAME [--seen-policy skip|label_only] [--agreement-rule address|gold]
 
 The database defaults to ``$FEATURELENS_GAME_DATABASE_URL`` or the SQLite file ``featurelens-game.sqlite3``.
@@ -117,6 +118,18 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset_password(args: argparse.Namespace) -> int:
+    from featurelens.game import store
+
+    if args.hours <= 0:
+        raise FeaturelensError("--hours must be positive")
+    token, name = store.issue_password_reset(_database(args), args.name, hours=args.hours)
+    print(f"{args.base_url.rstrip('/')}/reset/{token}")
+    print(f"one-time reset link for {name!r}, valid {args.hours:g} h; give it to the player privately",
+          file=sys.stderr)
+    return 0
+
+
 def _parse_rate(text: str) -> str:
     if text.lower() in ("off", "none"):
         return "off"
@@ -181,6 +194,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="agreement points only from other client addresses, or from players who passed gold checks")
     common(q)
     q.set_defaults(func=cmd_import)
+
+    q = sub.add_parser("reset-password", help="print a one-time password-reset link for a player")
+    q.add_argument("name", help="the player's user name")
+    q.add_argument("--base-url", default="http://127.0.0.1:8000", help="the game's public address")
+    q.add_argument("--hours", type=float, default=24.0, help="how long the link is valid")
+    common(q, server=False)
+    q.set_defaults(func=cmd_reset_password)
 
     q = sub.add_parser("settings", help="show or change a campaign's settings")
     q.add_argument("--campaign", required=True)

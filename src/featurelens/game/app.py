@@ -57,6 +57,16 @@ class Credentials(BaseModel):
     password: str = Field(max_length=1000)
 
 
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=1000)
+    new_password: str = Field(max_length=1000)
+
+
+class PasswordResetBody(BaseModel):
+    token: str = Field(max_length=200)
+    new_password: str = Field(max_length=1000)
+
+
 class NextRound(BaseModel):
     campaign: str | None = Field(default=None, max_length=100)
 
@@ -298,6 +308,74 @@ def create_app(
         resp = RedirectResponse("/", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
         return resp
+
+    # -- accounts: password change, log out everywhere, one-time reset links ------------------
+    @app.get("/account", response_class=HTMLResponse)
+    def account_page(request: Request, done: str | None = None) -> Response:
+        api_player(request)
+        messages = {"password": "Your password was changed; other sessions were logged out.",
+                    "sessions": "All your other sessions were logged out."}
+        return page(request, "account.html", error=None, message=messages.get(done or ""))
+
+    @app.post("/account/password")
+    def account_password(request: Request, current_password: str = Form(""), new_password: str = Form(""),
+                         csrf_token: str = Form("")) -> Response:
+        player = api_player(request)
+        check_csrf(request, csrf_token)
+        try:
+            store.change_password(db, hasher, player.player_id, current_password, new_password,
+                                  keep_token=player.token)
+        except store.ValidationError as exc:
+            return page(request, "account.html", status_code=422, error=str(exc), message=None)
+        return RedirectResponse("/account?done=password", status_code=303)
+
+    @app.post("/account/logout-all")
+    def account_logout_all(request: Request, csrf_token: str = Form("")) -> Response:
+        player = api_player(request)
+        check_csrf(request, csrf_token)
+        store.close_all_sessions(db, player.player_id)
+        resp = RedirectResponse("/", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.get("/reset/{token}", response_class=HTMLResponse)
+    def reset_page(request: Request, token: str) -> Response:
+        valid = store.reset_token_valid(db, token)
+        return page(request, "reset.html", status_code=200 if valid else 404, token=token, valid=valid, error=None)
+
+    @app.post("/reset/{token}")
+    def reset_form(request: Request, token: str, new_password: str = Form(""), csrf_token: str = Form("")) -> Response:
+        check_csrf(request, csrf_token)
+        try:
+            store.reset_password_with_token(db, hasher, token, new_password)
+        except store.ValidationError as exc:
+            return page(request, "reset.html", status_code=422, token=token, valid=True, error=str(exc))
+        except store.NotFound:
+            return page(request, "reset.html", status_code=404, token=token, valid=False, error=None)
+        return RedirectResponse("/login", status_code=303)
+
+    @app.post("/api/password")
+    def api_password(request: Request, body: PasswordChange) -> dict[str, Any]:
+        player = api_player(request)
+        check_csrf(request, None)
+        store.change_password(db, hasher, player.player_id, body.current_password, body.new_password,
+                              keep_token=player.token)
+        return {"ok": True}
+
+    @app.post("/api/logout-all")
+    def api_logout_all(request: Request) -> Response:
+        player = api_player(request)
+        check_csrf(request, None)
+        n = store.close_all_sessions(db, player.player_id)
+        resp = JSONResponse({"ok": True, "sessions_ended": n})
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.post("/api/reset")
+    def api_reset(request: Request, body: PasswordResetBody) -> dict[str, Any]:
+        check_csrf(request, None)
+        store.reset_password_with_token(db, hasher, body.token, body.new_password)
+        return {"ok": True}
 
     @app.get("/play")
     def play(request: Request, campaign: str | None = None) -> Response:

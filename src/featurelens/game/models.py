@@ -16,6 +16,7 @@ Tables
 ``settings``         key/value pairs (reserved for server-wide configuration)
 ``login_failures``   failed log-ins per (casefolded user name, client address key): the log-in backoff
 ``signups``          sign-ups per client address key: the sign-up throttle
+``password_resets``  admin-issued one-time reset tokens (only their SHA-256), with expiry and use time
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class Player(Base):
     username_key: Mapped[str] = mapped_column(String(64), unique=True)  # casefolded, for uniqueness
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # confusable skeleton (featurelens.game.names), unique: no look-alike names
+    username_skeleton: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    __table_args__ = (Index("ix_players_username_skeleton", "username_skeleton", unique=True),)
 
 
 class Session(Base):
@@ -187,3 +191,12 @@ class Signup(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     client_key: Mapped[str] = mapped_column(String(64))
     at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class PasswordReset(Base):
+    __tablename__ = "password_resets"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    player_id: Mapped[int] = mapped_column(ForeignKey("players.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

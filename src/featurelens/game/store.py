@@ -57,6 +57,7 @@ from featurelens.game.models import (
     Image,
     Label,
     LoginFailure,
+    PasswordReset,
     Player,
     Round,
     Session,
@@ -126,12 +127,13 @@ def validate_campaign_name(name: str) -> str:
 
 
 def validate_username(name: str) -> str:
-    name = _clean(name)
-    if not 3 <= len(name) <= 32:
-        raise ValidationError("user names are 3 to 32 characters long")
-    if not name.isprintable():
-        raise ValidationError("user names cannot contain control characters")
-    return name
+    """NFKC-normalised name; refuses invisible, blank-looking and mixed-script names (:mod:`.names`)."""
+    from featurelens.game.names import NameError_, normalize_username
+
+    try:
+        return normalize_username(name)
+    except NameError_ as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def validate_password(password: str) -> str:
@@ -419,6 +421,14 @@ def create_player(db: Database, hasher: PasswordHasher, username: str, password:
     if limit:
         with db.read() as s:  # cheap check before the (deliberately slow) password hash
             _signup_retry(s, key, limit)  # type: ignore[arg-type]
+    from featurelens.game.names import username_skeleton
+
+    skeleton = username_skeleton(username)
+    taken = Conflict("that user name is taken, or looks too much like one that is; choose another")
+    with db.read() as s:
+        if s.scalar(select(Player.id).where((Player.username_skeleton == skeleton)
+                                            | (Player.username_key == username.casefold()))) is not None:
+            raise taken
     pw_hash = hasher.hash(password)
 
     def _w(s: OrmSession) -> int:
@@ -428,7 +438,7 @@ def create_player(db: Database, hasher: PasswordHasher, username: str, password:
             s.execute(delete(Signup).where(Signup.at < now - dt.timedelta(seconds=limit[1])))
             s.add(Signup(client_key=key, at=now))
         p = Player(username=username, username_key=username.casefold(), password_hash=pw_hash,
-                   created_at=now)
+                   created_at=now, username_skeleton=skeleton)
         s.add(p)
         s.flush()
         return p.id
@@ -436,14 +446,27 @@ def create_player(db: Database, hasher: PasswordHasher, username: str, password:
     try:
         return db.write(_w)
     except IntegrityError:
-        raise Conflict("that user name is taken; choose another") from None
+        raise taken from None
+
+
+def _name_keys(username: str) -> list[str]:
+    """Lookup keys of a typed name: the NFKC casefold (names since revision 0004), and the older NFC one."""
+    return list(dict.fromkeys([" ".join(unicodedata.normalize("NFKC", str(username)).split()).casefold(),
+                               _clean(username).casefold()]))
+
+
+def _find_player(s: OrmSession, username: str) -> Any:
+    for key in _name_keys(username):
+        row = s.execute(select(Player.id, Player.password_hash, Player.username)
+                        .where(Player.username_key == key)).first()
+        if row is not None:
+            return row
+    return None
 
 
 def authenticate(db: Database, hasher: PasswordHasher, username: str, password: str) -> int | None:
     with db.read() as s:
-        row = s.execute(
-            select(Player.id, Player.password_hash).where(Player.username_key == _clean(username).casefold())
-        ).first()
+        row = _find_player(s, username)
     ok = hasher.verify(row.password_hash if row else None, password)
     return row.id if (ok and row) else None
 
@@ -530,6 +553,94 @@ def get_session(db: Database, token: str | None) -> PlayerSession | None:
 
 def close_session(db: Database, token: str) -> None:
     db.write(lambda s: s.execute(delete(Session).where(Session.token_hash == _token_hash(token))))
+
+
+def close_all_sessions(db: Database, player_id: int, *, except_token: str | None = None) -> int:
+    """"Log out everywhere": end every session of the player (but ``except_token``); the number ended."""
+
+    def _w(s: OrmSession) -> int:
+        q = delete(Session).where(Session.player_id == player_id)
+        if except_token:
+            q = q.where(Session.token_hash != _token_hash(except_token))
+        return int(s.execute(q).rowcount or 0)
+
+    return db.write(_w)
+
+
+def change_password(db: Database, hasher: PasswordHasher, player_id: int, current: str, new: str, *,
+                    keep_token: str | None = None) -> None:
+    """Change a password after checking the current one; every other session of the player is ended."""
+    validate_password(new)
+    with db.read() as s:
+        stored = s.scalar(select(Player.password_hash).where(Player.id == player_id))
+    if stored is None:
+        raise NotFound("no such player")
+    if not hasher.verify(stored, current):
+        raise ValidationError("the current password is not right")
+    pw_hash = hasher.hash(new)
+
+    def _w(s: OrmSession) -> None:
+        s.execute(update(Player).where(Player.id == player_id).values(password_hash=pw_hash))
+        q = delete(Session).where(Session.player_id == player_id)
+        if keep_token:
+            q = q.where(Session.token_hash != _token_hash(keep_token))
+        s.execute(q)
+
+    db.write(_w)
+
+
+RESET_HOURS = 24
+
+
+def issue_password_reset(db: Database, username: str, *, hours: float = RESET_HOURS) -> tuple[str, str]:
+    """An admin-issued one-time reset token for ``username`` (valid ``hours``); returns (token, exact name).
+    Only its SHA-256 is stored; issuing a new one voids the player's older unused tokens."""
+    token = secrets.token_urlsafe(32)
+
+    def _w(s: OrmSession) -> str:
+        row = _find_player(s, username)
+        if row is None:
+            raise NotFound(f"no player named {username!r}")
+        now = utcnow()
+        s.execute(delete(PasswordReset).where(PasswordReset.player_id == row.id))
+        s.add(PasswordReset(token_hash=_token_hash(token), player_id=row.id, created_at=now,
+                            expires_at=now + dt.timedelta(hours=hours)))
+        return str(row.username)
+
+    return token, db.write(_w)
+
+
+def reset_password_with_token(db: Database, hasher: PasswordHasher, token: str, new: str) -> int:
+    """Set a new password with a reset token: once only, before it expires; all sessions of the player
+    end. Returns the player id; a used, expired or unknown token is :class:`NotFound`."""
+    validate_password(new)
+    if not token or len(token) > 200:
+        raise NotFound("this reset link is not valid (used, expired or mistyped); ask for a new one")
+    pw_hash = hasher.hash(new)
+
+    def _w(s: OrmSession) -> int:
+        now = utcnow()
+        th = _token_hash(token)
+        pid = s.scalar(select(PasswordReset.player_id).where(
+            PasswordReset.token_hash == th, PasswordReset.used_at.is_(None), PasswordReset.expires_at > now))
+        res = s.execute(update(PasswordReset).where(PasswordReset.token_hash == th, PasswordReset.used_at.is_(None))
+                        .values(used_at=now))
+        if pid is None or res.rowcount != 1:
+            raise NotFound("this reset link is not valid (used, expired or mistyped); ask for a new one")
+        s.execute(update(Player).where(Player.id == pid).values(password_hash=pw_hash))
+        s.execute(delete(Session).where(Session.player_id == pid))
+        return int(pid)
+
+    return db.write(_w)
+
+
+def reset_token_valid(db: Database, token: str) -> bool:
+    if not token or len(token) > 200:
+        return False
+    with db.read() as s:
+        return s.scalar(select(PasswordReset.player_id).where(
+            PasswordReset.token_hash == _token_hash(token), PasswordReset.used_at.is_(None),
+            PasswordReset.expires_at > utcnow())) is not None
 
 
 # ---------------------------------------------------------------------------
