@@ -33,13 +33,14 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from featurelens.errors import FeaturelensError
-from featurelens.game import store
+from featurelens.game import i18n, store
 from featurelens.game.db import Database, make_engine, migrate
 from featurelens.game.masks import REVEAL_Q
 from featurelens.game.scoring import AGREE_CAP, AGREE_POINTS, GUESS_POINTS, LabelMatcher, LemmaMatcher
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "fl_session"
+LANG_COOKIE = "fl_lang"
 CSRF_COOKIE = "fl_csrf"
 
 _STATUS = {store.ValidationError: 422, store.NotFound: 404, store.Conflict: 409, store.RateLimited: 429}
@@ -185,8 +186,21 @@ def create_app(
                                 path="/")
         return response
 
+    def language(request: Request) -> str:
+        """The request's UI language (see :mod:`featurelens.game.i18n`)."""
+        state = request.scope.setdefault("state", {})
+        if "lang" not in state:
+            lang = i18n.valid_language(request.cookies.get(LANG_COOKIE))
+            player = current(request)
+            if lang is None and player is not None:
+                lang = i18n.valid_language(store.player_language(db, player.player_id))
+            state["lang"] = lang or i18n.negotiate(request.headers.get("accept-language")) or i18n.DEFAULT
+        return state["lang"]
+
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> Response:
-        ctx.update(player=current(request), csrf=csrf_token(request))
+        cat = i18n.catalog(language(request))
+        ctx.update(player=current(request), csrf=csrf_token(request), lang=cat.lang, _=cat.gettext,
+                   ngettext=cat.ngettext, LANGUAGES=i18n.LANGUAGES)
         resp = templates.TemplateResponse(request, name, ctx, status_code=status_code)
         resp.headers["Cache-Control"] = "no-store"
         return finish_response(request, resp)
@@ -377,6 +391,21 @@ def create_app(
         store.reset_password_with_token(db, hasher, body.token, body.new_password)
         return {"ok": True}
 
+    @app.post("/language")
+    def language_form(request: Request, lang: str = Form(""), next: str = Form("/"),
+                      csrf_token: str = Form("")) -> Response:
+        check_csrf(request, csrf_token)
+        code = i18n.valid_language(lang)
+        if code is None:
+            raise store.ValidationError(f"unknown language; choose one of {', '.join(i18n.LANGUAGES)}")
+        player = current(request)
+        if player is not None:
+            store.set_player_language(db, player.player_id, code)
+        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        resp = RedirectResponse(target, status_code=303)
+        resp.set_cookie(LANG_COOKIE, code, max_age=365 * 86400, samesite="lax", secure=_secure(request), path="/")
+        return resp
+
     @app.get("/play")
     def play(request: Request, campaign: str | None = None) -> Response:
         player = api_player(request)
@@ -412,7 +441,7 @@ def create_app(
         try:
             store.finish_round(db, player.player_id, round_id, guessed_class=guess, labels=labels,
                                idempotency_key=key, matcher=matcher, rate_limit=rate_limit,
-                               client_addr=client_addr(request))
+                               client_addr=client_addr(request), language=language(request))
         except (store.ValidationError, store.RateLimited) as exc:
             view = store.get_round(db, player.player_id, round_id)
             resp = page(request, "round.html", status_code=_status(exc), r=view, key=key, error=str(exc),
@@ -545,7 +574,7 @@ def create_app(
         res = store.finish_round(db, player.player_id, round_id,
                                  guessed_class=None if give_up else (body.guessed_class or ""),
                                  labels=body.labels, idempotency_key=key, matcher=matcher, rate_limit=rate_limit,
-                                 client_addr=client_addr(request))
+                                 client_addr=client_addr(request), language=language(request))
         return JSONResponse({"round": _round_json(res.round, request), "points": res.points, "replayed": res.replayed},
                             status_code=200 if res.replayed else 201)
 

@@ -56,6 +56,7 @@ class Player(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     # confusable skeleton (featurelens.game.names), unique: no look-alike names
     username_skeleton: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)  # chosen UI language
     __table_args__ = (Index("ix_players_username_skeleton", "username_skeleton", unique=True),)
 
 
@@ -163,6 +164,7 @@ class Label(Base):
     points: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     verified: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # agreed by an independent player
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)  # UI language it was typed in
 
 
 class Setting(Base):

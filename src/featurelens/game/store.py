@@ -76,7 +76,7 @@ from featurelens.game.scoring import (
 EXPORT_COLUMNS = (
     "campaign", "player", "image_id", "layer", "cluster_id", "cluster_index", "reveal_step", "q_percent",
     "guessed_class", "true_class", "correct", "label", "created_at",
-    "seen_before", "verified",
+    "seen_before", "verified", "language",
 )
 #: a player "passed gold checks" with at least this many gold rounds, and this share of them agreeing
 GOLD_MIN_ROUNDS = 2
@@ -555,6 +555,15 @@ def close_session(db: Database, token: str) -> None:
     db.write(lambda s: s.execute(delete(Session).where(Session.token_hash == _token_hash(token))))
 
 
+def set_player_language(db: Database, player_id: int, language: str | None) -> None:
+    db.write(lambda s: s.execute(update(Player).where(Player.id == player_id).values(language=language)))
+
+
+def player_language(db: Database, player_id: int) -> str | None:
+    with db.read() as s:
+        return s.scalar(select(Player.language).where(Player.id == player_id))
+
+
 def close_all_sessions(db: Database, player_id: int, *, except_token: str | None = None) -> int:
     """"Log out everywhere": end every session of the player (but ``except_token``); the number ended."""
 
@@ -873,6 +882,7 @@ def finish_round(
     matcher: LabelMatcher | None = None,
     rate_limit: tuple[int, float] | None = None,
     client_addr: str | None = None,
+    language: str | None = None,
 ) -> FinishResult:
     """Guess (``guessed_class`` given) or give up (``None``), storing the labels; see module docstring.
 
@@ -947,7 +957,7 @@ def finish_round(
                 if mine is not None and mine not in before:
                     bump.add(o.id)
             s.add(Label(round_id=rnd.id, player_id=player_id, cluster_pk=rnd.cluster_pk, position=pos, text=t,
-                        norm=n, points=pts, created_at=now, verified=pts > 0))
+                        norm=n, points=pts, created_at=now, verified=pts > 0, language=language))
             total += pts
         if bump:
             ids = sorted(bump)
@@ -1105,7 +1115,7 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         rows = s.execute(
             select(Player.username, Image.image_key, Cluster.layer, Cluster.cluster_key, Cluster.cluster_index,
                    Round.reveal_step, Round.guessed_class, Image.true_class, Image.predicted_class, Round.correct,
-                   Label.text, Label.created_at, Round.seen_before, Label.verified)
+                   Label.text, Label.created_at, Round.seen_before, Label.verified, Label.language)
             .select_from(Label)
             .join(Round, Round.id == Label.round_id)
             .join(Player, Player.id == Label.player_id)
@@ -1119,7 +1129,7 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
          "cluster_index": int(r[4]), "reveal_step": int(r[5]), "q_percent": REVEAL_Q[int(r[5])],
          "guessed_class": r[6] or "", "true_class": r[7] or r[8], "correct": bool(r[9]), "label": r[10],
          "created_at": _iso(r[11]), "seen_before": bool(r[12]),
-         "verified": None if r[13] is None else bool(r[13])}
+         "verified": None if r[13] is None else bool(r[13]), "language": r[14] or ""}
         for r in rows
     ]
 
