@@ -138,3 +138,21 @@ def truth_for_round(db_url: str, round_id: int) -> str:
             return img.true_class or img.predicted_class
     finally:
         db.dispose()
+
+
+def database_at(path: Path, revision: str):  # type: ignore[no-untyped-def]
+    """A new SQLite database at ``path`` migrated only up to ``revision`` (an older release's schema);
+    returns its engine."""
+    from alembic import command
+    from alembic.config import Config
+
+    from featurelens.game.db import MIGRATIONS, make_engine
+
+    engine = make_engine(str(path))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+    return engine

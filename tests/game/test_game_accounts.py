@@ -7,7 +7,7 @@ import sys
 import time
 
 import pytest
-from game_helpers import ApiPlayer
+from game_helpers import ApiPlayer, database_at
 
 
 def _change(p: ApiPlayer, current: str, new: str):
@@ -174,20 +174,12 @@ def test_skeleton_reference():
 
 
 def test_0003_database_with_look_alike_players_upgrades_keeping_both(tmp_path):
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     from featurelens.game import store
-    from featurelens.game.db import MIGRATIONS, Database, make_engine, migrate
+    from featurelens.game.db import Database, migrate
 
-    engine = make_engine(str(tmp_path / "old.sqlite3"))
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0003_integrity")
-        conn.commit()
+    engine = database_at(tmp_path / "old.sqlite3", "0003_integrity")
     hasher = store.PasswordHasher(time_cost=1, memory_cost=8192)
     with engine.begin() as conn:
         for i, name in enumerate(["alice", "\u0430lice"], 1):  # the old rules let a look-alike in

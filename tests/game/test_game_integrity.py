@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from game_helpers import ApiPlayer, admin_headers, truth_of
+from game_helpers import ApiPlayer, admin_headers, database_at, truth_of
 
 
 def _play_all(p: ApiPlayer, bundle, campaign: str = "test", correct: bool = True) -> list[dict]:
@@ -151,20 +151,12 @@ def test_0002_database_upgrades_in_place_keeping_players(tmp_path, game_bundle):
     """A database at revision 0002 (players, a session, a campaign with a photo) upgrades to head."""
     import hashlib
 
-    from alembic import command
-    from alembic.config import Config
     from sqlalchemy import text
 
     from featurelens.game import store
-    from featurelens.game.db import MIGRATIONS, Database, make_engine, migrate
+    from featurelens.game.db import Database, migrate
 
-    engine = make_engine(str(tmp_path / "old.sqlite3"))
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
-        conn.commit()
+    engine = database_at(tmp_path / "old.sqlite3", "0002")
     hasher = store.PasswordHasher(time_cost=1, memory_cost=8192)
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO players (id, username, username_key, password_hash, created_at) "

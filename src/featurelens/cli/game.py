@@ -145,8 +145,10 @@ def _parse_rate(text: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from featurelens.game.app import parse_networks
     from featurelens.game.db import make_engine, migrate
 
+    parse_networks(args.trusted_proxy or [])  # a bad --trusted-proxy: one line on stderr, before any worker
     url = _db_url(args)
     engine = make_engine(url)
     migrate(engine)  # once, before the workers start

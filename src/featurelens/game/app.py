@@ -148,7 +148,7 @@ def create_app(
         return response
 
     # -- helpers ----------------------------------------------------------
-    proxies = _parse_networks(trusted_proxies)
+    proxies = parse_networks(trusted_proxies)
 
     def client_addr(request: Request) -> str:
         return _client_address(request, proxies)
@@ -633,7 +633,7 @@ def create_app(
     return app
 
 
-def _parse_networks(items: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def parse_networks(items: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Trusted proxies as networks (``10.0.0.1``, ``10.0.0.0/8``, ``::1``); a bad entry is a GameError."""
     nets = []
     for item in items:
