@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -63,20 +61,25 @@ def test_log_out_everywhere(app):
     assert r.status_code == 303 and q.c.get("/api/me").status_code == 401
 
 
-def _reset_link(db_url: str, name: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "featurelens.cli.main", "game", "reset-password", name,
-                           "--database-url", db_url, "--base-url", "https://game.example/", *extra],
-                          capture_output=True, text=True)
+def _reset_link(capsys, db_url: str, name: str, *extra: str) -> tuple[int, str, str]:
+    """``featurelens game reset-password`` (in-process): exit code, stdout, stderr."""
+    from featurelens.cli.main import main
+
+    capsys.readouterr()
+    code = main(["game", "reset-password", name, "--database-url", db_url, "--base-url", "https://game.example/",
+                 *extra])
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_admin_reset_link_is_one_time(make_app, db_url):
+def test_admin_reset_link_is_one_time(make_app, db_url, capsys):
     app = make_app(db_url)
     p = ApiPlayer(app)
     assert p.signup().status_code == 201
-    r = _reset_link(db_url, p.name.upper())  # names are case-insensitive
-    assert r.returncode == 0, r.stderr
-    link = r.stdout.strip()
-    assert link.startswith("https://game.example/reset/") and len(r.stdout.splitlines()) == 1
+    code, out, err = _reset_link(capsys, db_url, p.name.upper())  # names are case-insensitive
+    assert code == 0, err
+    link = out.strip()
+    assert link.startswith("https://game.example/reset/") and len(out.splitlines()) == 1
     token = link.rsplit("/", 1)[1]
     anon = ApiPlayer(app)
     page = anon.c.get(f"/reset/{token}")
@@ -110,9 +113,9 @@ def test_reset_link_expires_and_a_new_one_voids_the_old(make_app, sqlite_url):
     assert r.status_code == 422 and store.reset_token_valid(app.state.db, fresh)  # a bad password keeps it
 
 
-def test_reset_password_cli_unknown_name(sqlite_url):
-    r = _reset_link(sqlite_url, "nobody-here")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no player named" in r.stderr
+def test_reset_password_cli_unknown_name(sqlite_url, capsys):
+    code, _, err = _reset_link(capsys, sqlite_url, "nobody-here")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no player named" in err
 
 
 # -- user names ----------------------------------------------------------------------------

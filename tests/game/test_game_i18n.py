@@ -104,7 +104,8 @@ def test_language_per_request_cookie_and_player(app):
     other_device = ApiPlayer(app, name=p.name, password=p.password)
     assert other_device.login().status_code == 200
     assert "Classifica" in other_device.c.get("/").text  # no cookie there: the saved choice
-    assert "Leaderboard" in other_device.c.get("/", cookies={"fl_lang": "en"}).text
+    other_device.c.cookies.set("fl_lang", "en")
+    assert "Leaderboard" in other_device.c.get("/").text  # the cookie (this device's choice) wins
     assert p.c.post("/language", data={"lang": "xx", "csrf_token": p.csrf}).status_code == 422
     assert p.c.post("/language", data={"lang": "en", "next": "//evil.example", "csrf_token": p.csrf},
                     follow_redirects=False).headers["location"] == "/"

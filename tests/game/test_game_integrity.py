@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-import subprocess
-import sys
 
 import pytest
 from game_helpers import ApiPlayer, admin_headers, database_at, truth_of
@@ -116,11 +114,12 @@ def test_reimporting_a_bundle_is_refused_by_content_hash(app, game_bundle, tmp_p
     assert r.status_code == 409 and "already imported" in r.json()["detail"]
 
 
-def test_reimport_cli_error_is_one_line(sqlite_url, game_bundle):
-    r = subprocess.run([sys.executable, "-m", "featurelens.cli.main", "game", "import", str(game_bundle),
-                        "--campaign", "twice", "--database-url", sqlite_url], capture_output=True, text=True)
-    assert r.returncode == 2
-    assert len(r.stderr.strip().splitlines()) == 1 and "already imported as campaign 'test'" in r.stderr
+def test_reimport_cli_error_is_one_line(sqlite_url, game_bundle, capsys):
+    from featurelens.cli.main import main
+
+    assert main(["game", "import", str(game_bundle), "--campaign", "twice", "--database-url", sqlite_url]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "already imported as campaign 'test'" in err
 
 
 def test_campaign_settings_are_validated(app):
