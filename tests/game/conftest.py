@@ -22,6 +22,16 @@ def game_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def fresh_bundle(tmp_path_factory):
+    """Like ``game_bundle`` (24 maps) but other maps (seed 1): not in the template databases, so it can be
+    imported (the same bundle twice is refused by content hash)."""
+    from featurelens.game.simulate import synthetic_bundle
+
+    return synthetic_bundle(tmp_path_factory.mktemp("bundle_fresh") / "b", images=4, layers=("blocks.12", "head"),
+                            clusters=3, seed=1)
+
+
+@pytest.fixture(scope="session")
 def one_map_bundle(tmp_path_factory):
     """A bundle with a single map, so that several players label the same map."""
     from featurelens.game.simulate import synthetic_bundle
@@ -117,6 +127,7 @@ def make_app():
     def _make(url, **kw):
         kw.setdefault("admin_token", ADMIN)
         kw.setdefault("rate_limit", None)
+        kw.setdefault("signup_limit", None)  # the tests sign up many players from one address
         kw.setdefault("gold_rate", 0.0)
         kw.setdefault("hasher", store.PasswordHasher(**FAST_HASH))
         app = create_app(url, **kw)

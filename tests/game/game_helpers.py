@@ -22,10 +22,11 @@ def unique(prefix: str = "p") -> str:
 class ApiPlayer:
     """A player speaking the JSON API through a TestClient (its own cookie jar)."""
 
-    def __init__(self, app, name: str | None = None, password: str = "secret password") -> None:
+    def __init__(self, app, name: str | None = None, password: str = "secret password",
+                 client: tuple[str, int] | None = None) -> None:
         from starlette.testclient import TestClient
 
-        self.c = TestClient(app)
+        self.c = TestClient(app, client=client) if client else TestClient(app)  # client: (address, port)
         self.name = name or unique()
         self.password = password
         self.csrf = self.c.get("/api/csrf").json()["csrf_token"]
@@ -89,7 +90,7 @@ def start_server(db_url: str, port: int, *, workers: int = 1, rate_limit: str = 
     out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "featurelens.cli.main", "game", "serve", "--database-url", db_url, "--port", str(port),
-         "--workers", str(workers), "--rate-limit", rate_limit, "--gold-rate", "0"],
+         "--workers", str(workers), "--rate-limit", rate_limit, "--gold-rate", "0", "--signup-limit", "off"],
         env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
@@ -137,3 +138,21 @@ def truth_for_round(db_url: str, round_id: int) -> str:
             return img.true_class or img.predicted_class
     finally:
         db.dispose()
+
+
+def database_at(path: Path, revision: str):  # type: ignore[no-untyped-def]
+    """A new SQLite database at ``path`` migrated only up to ``revision`` (an older release's schema);
+    returns its engine."""
+    from alembic import command
+    from alembic.config import Config
+
+    from featurelens.game.db import MIGRATIONS, make_engine
+
+    engine = make_engine(str(path))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+        conn.commit()
+    return engine

@@ -164,7 +164,8 @@ def test_label_validation_messages(player):
 
 def test_label_agreement_points_for_both_players(make_app, db_url):
     app = make_app(db_url)
-    a, b, c = ApiPlayer(app), ApiPlayer(app), ApiPlayer(app)
+    # three players at three addresses (agreement between accounts behind one address does not count)
+    a, b, c = (ApiPlayer(app, client=(f"192.0.2.{i}", 5000)) for i in (1, 2, 3))
     for p in (a, b, c):
         p.signup()
     ra = a.start("one")
@@ -221,14 +222,14 @@ def test_fewest_labels_first(make_app, db_url):
     assert c.start()["cluster_id"] != d.start()["cluster_id"]
 
 
-def test_gold_maps_measure_reliability(make_app, sqlite_url, game_bundle):
+def test_gold_maps_measure_reliability(make_app, sqlite_url, fresh_bundle):
     from featurelens.game import store
     from featurelens.network.bundle import load_bundle
 
     app = make_app(sqlite_url, gold_rate=1.0)
     db = app.state.db
-    cid = load_bundle(game_bundle).images[0].clusters[0].id
-    store.import_bundle(db, game_bundle, "golden", gold={cid: ["pointed ears"]})
+    cid = load_bundle(fresh_bundle).images[0].clusters[0].id
+    store.import_bundle(db, fresh_bundle, "golden", gold={cid: ["pointed ears"]})
     p = ApiPlayer(app)
     p.signup()
     rnd = p.start("golden")
@@ -283,15 +284,15 @@ def test_leaderboard_history_stats_and_instructions(app, game_bundle):
 
 
 # -- admin ----------------------------------------------------------------------------------
-def test_admin_import_progress_export(make_app, db_url, game_bundle, player):
+def test_admin_import_progress_export(make_app, db_url, fresh_bundle, player):
     app = make_app(db_url)
     from starlette.testclient import TestClient
 
     admin = TestClient(app)
-    r = admin.post("/api/admin/import", json={"bundle": str(game_bundle), "campaign": "fresh"},
+    r = admin.post("/api/admin/import", json={"bundle": str(fresh_bundle), "campaign": "fresh"},
                    headers=admin_headers())
     assert r.status_code == 201 and r.json()["maps"] == 24 and r.json()["images"] == 4
-    assert admin.post("/api/admin/import", json={"bundle": str(game_bundle), "campaign": "fresh"},
+    assert admin.post("/api/admin/import", json={"bundle": str(fresh_bundle), "campaign": "fresh"},
                       headers=admin_headers()).status_code == 409
     bad = admin.post("/api/admin/import", json={"bundle": "/nonexistent", "campaign": "x"}, headers=admin_headers())
     assert bad.status_code == 400 and "not an explanation bundle" in bad.json()["detail"]
@@ -305,7 +306,7 @@ def test_admin_import_progress_export(make_app, db_url, game_bundle, player):
         rnd = p.start("fresh")
         if i == 0:
             p.reveal(rnd["id"], 3)
-            fin = p.guess(rnd["id"], truth_of(game_bundle, rnd["image_id"]), ["fur", "ear"]).json()["round"]
+            fin = p.guess(rnd["id"], truth_of(fresh_bundle, rnd["image_id"]), ["fur", "ear"]).json()["round"]
         else:
             fin = p.give_up(rnd["id"], [f"thing {i}"]).json()["round"]
         plays.append(fin)
@@ -369,6 +370,17 @@ def test_admin_token_is_required(make_app, sqlite_url, game_bundle):
 
 
 # -- database --------------------------------------------------------------------------------
+def _head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from featurelens.game.db import MIGRATIONS
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()  # type: ignore[return-value]
+
+
 def test_migrations_match_the_models(db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
@@ -380,7 +392,7 @@ def test_migrations_match_the_models(db_url):
     migrate(engine)  # idempotent
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn)
-        assert ctx.get_current_revision() == "0002"
+        assert ctx.get_current_revision() == _head_revision()
         diffs = [d for d in compare_metadata(ctx, Base.metadata) if d[0] not in ("remove_table",)]
     engine.dispose()
     assert diffs == []
@@ -404,7 +416,7 @@ def test_a_version_0001_database_upgrades_in_place(tmp_path):
         conn.commit()
     migrate(engine)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == _head_revision()
         assert conn.execute(text("SELECT username FROM players")).scalars().all() == ["Ann"]
         assert conn.execute(text("SELECT count(*) FROM login_failures")).scalar() == 0
     engine.dispose()

@@ -120,7 +120,7 @@ def test_cli_import_export_progress(tmp_path, game_bundle, capsys):
 
 
 @pytest.mark.slow
-def test_cli_through_a_running_servers_admin_api(live_server, game_bundle, tmp_path, capsys, monkeypatch):
+def test_cli_through_a_running_servers_admin_api(live_server, fresh_bundle, tmp_path, capsys, monkeypatch):
     from game_helpers import ADMIN
 
     from featurelens.cli.main import main
@@ -131,7 +131,7 @@ def test_cli_through_a_running_servers_admin_api(live_server, game_bundle, tmp_p
     assert main(["game", "progress", "--campaign", "test", "--server", live_server, "--admin-token", "bad"]) == 2
     assert "401" in capsys.readouterr().err
     monkeypatch.setenv("FEATURELENS_ADMIN_TOKEN", ADMIN)
-    assert main(["game", "import", str(game_bundle), "--campaign", "remote", "--server", live_server]) == 0
+    assert main(["game", "import", str(fresh_bundle), "--campaign", "remote", "--server", live_server]) == 0
     assert "24 maps" in capsys.readouterr().out
     assert main(["game", "progress", "--campaign", "remote", "--server", live_server]) == 0
     assert json.loads(capsys.readouterr().out)["maps"] == 24

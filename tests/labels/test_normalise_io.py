@@ -64,3 +64,22 @@ def test_bad_values_name_the_row(tmp_path):
         read_labels(_write_csv(tmp_path / "x.csv", EXPORT_COLUMNS, [row]))
     with pytest.raises(LabelsError, match="does not exist"):
         read_labels(tmp_path / "nope.csv")
+
+
+def test_csv_formula_guard_of_the_game_export_is_undone(tmp_path):
+    """The game's CSV export puts ``'`` before cells starting with = + - @ (docs/game.md); the reader
+    gives back what the player typed, and leaves other apostrophes alone."""
+    import io
+
+    from featurelens.game.store import EXPORT_COLUMNS as GAME_COLUMNS
+    from featurelens.game.store import write_export
+
+    base = dict.fromkeys(GAME_COLUMNS, 0) | {"seen_before": False, "verified": True, "language": "en"}
+    base |= dict(zip(EXPORT_COLUMNS, ["c1", "p1", "img", "head", "img/head/0", 0, 2, 8, "cat", "cat", True, "", "t"]))
+    typed = ["=HYPERLINK(\"http://x\",\"x\")", "-shaped edge", "@top", "'quoted' ear", "plain"]
+    buf = io.StringIO()
+    write_export([{**base, "label": t} for t in typed], buf, "csv")
+    assert "'=HYPERLINK" in buf.getvalue()  # the guard is really in the file
+    path = tmp_path / "x.csv"
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    assert [r.label for r in read_labels(path)] == typed

@@ -5,6 +5,8 @@
                            [--max-body BYTES] [--header-timeout S] [--body-timeout S] [--max-idle-connections N]
     featurelens game export --campaign NAME --out labels.csv|labels.jsonl [--database-url URL]
     featurelens game progress --campaign NAME
+    featurelens game reset-password NAME [--base-url http://127.0.0.1:8000] [--hours 24]
+    featurelens game settings --campaign NAME [--seen-policy skip|label_only] [--agreement-rule address|gold]
 
 The database defaults to ``$FEATURELENS_GAME_DATABASE_URL`` or the SQLite file ``featurelens-game.sqlite3``.
 ``import``/``export``/``progress`` work on the database directly, or through a running server's admin API
@@ -66,12 +68,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     gold = store.load_gold(args.gold) if args.gold else None
     if args.server:
-        body = {"bundle": str(Path(args.bundle).resolve()), "campaign": args.campaign, "gold": gold}
+        body = {"bundle": str(Path(args.bundle).resolve()), "campaign": args.campaign, "gold": gold,
+                "seen_policy": args.seen_policy, "agreement_rule": args.agreement_rule}
         data = _admin(args, "POST", "/api/admin/import", json=body).json()
         print(f"imported campaign {data['campaign']!r}: {data['images']} images, {data['maps']} maps "
               f"({data['gold_maps']} gold)")
         return 0
-    s = store.import_bundle(_database(args), args.bundle, args.campaign, gold=gold)
+    s = store.import_bundle(_database(args), args.bundle, args.campaign, gold=gold, seen_policy=args.seen_policy,
+                            agreement_rule=args.agreement_rule)
     print(f"imported campaign {s.campaign!r}: {s.images} images, {s.maps} maps ({s.gold_maps} gold), "
           f"{len(s.class_names)} classes")
     return 0
@@ -106,6 +110,27 @@ def cmd_progress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from featurelens.game import store
+
+    data = store.campaign_settings(_database(args), args.campaign, seen_policy=args.seen_policy,
+                                   agreement_rule=args.agreement_rule)
+    print(json.dumps(data))
+    return 0
+
+
+def cmd_reset_password(args: argparse.Namespace) -> int:
+    from featurelens.game import store
+
+    if args.hours <= 0:
+        raise FeaturelensError("--hours must be positive")
+    token, name = store.issue_password_reset(_database(args), args.name, hours=args.hours)
+    print(f"{args.base_url.rstrip('/')}/reset/{token}")
+    print(f"one-time reset link for {name!r}, valid {args.hours:g} h; give it to the player privately",
+          file=sys.stderr)
+    return 0
+
+
 def _parse_rate(text: str) -> str:
     if text.lower() in ("off", "none"):
         return "off"
@@ -119,6 +144,7 @@ def _parse_rate(text: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from featurelens.game.app import parse_networks
     from featurelens.game.db import make_engine, migrate
     from featurelens.game.limits import Limits
     from featurelens.game.server import serve
@@ -129,6 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         keep_alive_timeout=args.keep_alive_timeout, max_idle=args.max_idle)
     except ValueError as exc:
         raise FeaturelensError(f"game serve: {exc}") from None
+    parse_networks(args.trusted_proxy or [])  # a bad --trusted-proxy: one line on stderr, before any worker
     url = _db_url(args)
     engine = make_engine(url)
     migrate(engine)  # once, before the workers start
@@ -139,6 +166,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "FEATURELENS_GAME_RATE_LIMIT": args.rate_limit,
         "FEATURELENS_GAME_GOLD_RATE": str(args.gold_rate),
         "FEATURELENS_GAME_MIGRATE": "0",
+        "FEATURELENS_GAME_SIGNUP_LIMIT": args.signup_limit,
+        "FEATURELENS_GAME_TRUSTED_PROXIES": ",".join(args.trusted_proxy or []),
     })
     if token:
         os.environ["FEATURELENS_ADMIN_TOKEN"] = token
@@ -170,8 +199,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("bundle", help="bundle folder (or its bundle.json)")
     q.add_argument("--campaign", required=True, help="campaign name")
     q.add_argument("--gold", help="gold labels: JSON {cluster_id: [label, ...]} or CSV cluster_id,label")
+    q.add_argument("--seen-policy", choices=("label_only", "skip"), default="label_only",
+                   help="maps of a photo the player has seen: label-only rounds after the unseen ones (default) "
+                        "or never served (skip)")
+    q.add_argument("--agreement-rule", choices=("address", "gold"), default="address",
+                   help="agreement points only from other client addresses, or from players who passed gold checks")
     common(q)
     q.set_defaults(func=cmd_import)
+
+    q = sub.add_parser("reset-password", help="print a one-time password-reset link for a player")
+    q.add_argument("name", help="the player's user name")
+    q.add_argument("--base-url", default="http://127.0.0.1:8000", help="the game's public address")
+    q.add_argument("--hours", type=float, default=24.0, help="how long the link is valid")
+    common(q, server=False)
+    q.set_defaults(func=cmd_reset_password)
+
+    q = sub.add_parser("settings", help="show or change a campaign's settings")
+    q.add_argument("--campaign", required=True)
+    q.add_argument("--seen-policy", choices=("skip", "label_only"))
+    q.add_argument("--agreement-rule", choices=("address", "gold"))
+    common(q, server=False)
+    q.set_defaults(func=cmd_settings)
 
     q = sub.add_parser("serve", help="run the web app")
     q.add_argument("--host", default="127.0.0.1")
@@ -179,6 +227,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--workers", type=int, default=1, help="worker processes (SQLite WAL and PostgreSQL both work)")
     q.add_argument("--rate-limit", type=_parse_rate, default="30/60", help="answers per player: N/SECONDS or off")
     q.add_argument("--gold-rate", type=float, default=0.1, help="share of rounds served on gold maps")
+    q.add_argument("--signup-limit", type=_parse_rate, default="20/3600",
+                   help="new accounts per client address: N/SECONDS or off")
+    q.add_argument("--trusted-proxy", action="append", metavar="ADDRESS",
+                   help="a reverse proxy (address or network) whose X-Forwarded-For is believed; repeatable")
     q.add_argument("--log-level", default="warning")
     d = _limit_defaults()
     for flag, field, kind, metavar, text in (

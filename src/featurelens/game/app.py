@@ -21,10 +21,12 @@ Protection
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import os
 import secrets
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,7 +39,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from featurelens.errors import FeaturelensError
-from featurelens.game import store
+from featurelens.game import i18n, store
 from featurelens.game.db import Database, make_engine, migrate
 from featurelens.game.limits import Limits, LimitsMiddleware, Refusal, limits_from_env
 from featurelens.game.masks import REVEAL_Q
@@ -45,6 +47,7 @@ from featurelens.game.scoring import AGREE_CAP, AGREE_POINTS, GUESS_POINTS, Labe
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "fl_session"
+LANG_COOKIE = "fl_lang"
 CSRF_COOKIE = "fl_csrf"
 
 _STATUS = {store.ValidationError: 422, store.NotFound: 404, store.Conflict: 409, store.RateLimited: 429}
@@ -60,6 +63,16 @@ def _status(exc: FeaturelensError) -> int:
 class Credentials(BaseModel):
     username: str = Field(max_length=200)
     password: str = Field(max_length=1000)
+
+
+class PasswordChange(BaseModel):
+    current_password: str = Field(max_length=1000)
+    new_password: str = Field(max_length=1000)
+
+
+class PasswordResetBody(BaseModel):
+    token: str = Field(max_length=200)
+    new_password: str = Field(max_length=1000)
 
 
 class NextRound(BaseModel):
@@ -80,6 +93,8 @@ class ImportRequest(BaseModel):
     bundle: str
     campaign: str
     gold: dict[str, list[str]] | None = None
+    seen_policy: str = Field(default="label_only", max_length=16)
+    agreement_rule: str = Field(default="address", max_length=16)
 
 
 def create_app(
@@ -95,12 +110,19 @@ def create_app(
     run_migrations: bool = True,
     pool_size: int = 10,
     limits: Limits | None = None,
+    signup_limit: tuple[int, float] | None = (20, 3600.0),
+    login_address_limit: tuple[int, float] | None = (100, 300.0),
+    trusted_proxies: Sequence[str] = (),
 ) -> FastAPI:
     """Build the game app on ``database_url`` (SQLite file URL/path or PostgreSQL URL).
 
     ``rate_limit=(n, seconds)``: at most ``n`` answers per player per window (``None`` disables it).
-    ``login_limit=(n, seconds)``: at most ``n`` failed log-ins per user name per window, counted in the
-    database (so it holds across worker processes); further attempts get HTTP 429 without a password check.
+    ``login_limit=(n, seconds)``: ``n`` failed log-ins per (user name, client address) per window, then an
+    exponential backoff for that pair only (:func:`store.login_retry_after`); ``login_address_limit``: failed
+    log-ins per address over all names; ``signup_limit``: new accounts per address. All are counted in the
+    database (so they hold across worker processes) and answered with HTTP 429 without a password check.
+    ``trusted_proxies``: addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed
+    (the client is the right-most address that is not a trusted proxy); otherwise the peer address is used.
     ``secure_cookies``: force the ``Secure`` cookie flag (default: when the request came over HTTPS).
     ``limits``: body caps and the body read timeout (:class:`~featurelens.game.limits.Limits`).
     """
@@ -126,6 +148,11 @@ def create_app(
     app.add_middleware(LimitsMiddleware, limits=limits or Limits(), authorize=lambda scope: _authorize(scope))
 
     # -- helpers ----------------------------------------------------------
+    proxies = parse_networks(trusted_proxies)
+
+    def client_addr(request: Request) -> str:
+        return _client_address(request, proxies)
+
     def _secure(request: Request) -> bool:
         return secure_cookies if secure_cookies is not None else request.url.scheme == "https"
 
@@ -159,8 +186,21 @@ def create_app(
                                 path="/")
         return response
 
+    def language(request: Request) -> str:
+        """The request's UI language (see :mod:`featurelens.game.i18n`)."""
+        state = request.scope.setdefault("state", {})
+        if "lang" not in state:
+            lang = i18n.valid_language(request.cookies.get(LANG_COOKIE))
+            player = current(request)
+            if lang is None and player is not None:
+                lang = i18n.valid_language(store.player_language(db, player.player_id))
+            state["lang"] = lang or i18n.negotiate(request.headers.get("accept-language")) or i18n.DEFAULT
+        return state["lang"]
+
     def page(request: Request, name: str, status_code: int = 200, **ctx: Any) -> Response:
-        ctx.update(player=current(request), csrf=csrf_token(request))
+        cat = i18n.catalog(language(request))
+        ctx.update(player=current(request), csrf=csrf_token(request), lang=cat.lang, _=cat.gettext,
+                   ngettext=cat.ngettext, LANGUAGES=i18n.LANGUAGES)
         resp = templates.TemplateResponse(request, name, ctx, status_code=status_code)
         resp.headers["Cache-Control"] = "no-store"
         return finish_response(request, resp)
@@ -262,9 +302,13 @@ def create_app(
                     csrf_token: str = Form("")) -> Response:
         check_csrf(request, csrf_token)
         try:
-            pid = store.create_player(db, hasher, username, password)
-        except (store.ValidationError, store.Conflict) as exc:
-            return page(request, "signup.html", status_code=_status(exc), error=str(exc), username=username)
+            pid = store.create_player(db, hasher, username, password, client_addr=client_addr(request),
+                                      signup_limit=signup_limit)
+        except (store.ValidationError, store.Conflict, store.RateLimited) as exc:
+            resp = page(request, "signup.html", status_code=_status(exc), error=str(exc), username=username)
+            if isinstance(exc, store.RateLimited):
+                resp.headers["Retry-After"] = f"{exc.retry_after:.0f}"
+            return resp
         resp = RedirectResponse("/play", status_code=303)
         login_cookie(request, resp, store.open_session(db, pid))
         return resp
@@ -277,14 +321,20 @@ def create_app(
     def login_form(request: Request, username: str = Form(""), password: str = Form(""),
                    csrf_token: str = Form("")) -> Response:
         check_csrf(request, csrf_token)
-        if store.login_retry_after(db, username, login_limit) is not None:
-            return page(request, "login.html", status_code=429, username=username,
+        addr = client_addr(request)
+        retry = store.login_retry_after(db, username, login_limit, client_addr=addr,
+                                        address_limit=login_address_limit)
+        if retry is not None:
+            resp = page(request, "login.html", status_code=429, username=username,
                         error="too many failed log-ins for this name; wait a few minutes")
+            resp.headers["Retry-After"] = f"{retry:.0f}"
+            return resp
         pid = store.authenticate(db, hasher, username, password)
         if pid is None:
-            store.record_login_failure(db, username, login_limit[1])
+            store.record_login_failure(db, username, login_limit[1], client_addr=addr)
             return page(request, "login.html", status_code=401, error="wrong user name or password",
                         username=username)
+        store.clear_login_failures(db, username, addr)
         resp = RedirectResponse("/play", status_code=303)
         login_cookie(request, resp, store.open_session(db, pid))
         return resp
@@ -297,6 +347,89 @@ def create_app(
             store.close_session(db, player.token)
         resp = RedirectResponse("/", status_code=303)
         resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    # -- accounts: password change, log out everywhere, one-time reset links ------------------
+    @app.get("/account", response_class=HTMLResponse)
+    def account_page(request: Request, done: str | None = None) -> Response:
+        api_player(request)
+        messages = {"password": "Your password was changed; other sessions were logged out.",
+                    "sessions": "All your other sessions were logged out."}
+        return page(request, "account.html", error=None, message=messages.get(done or ""))
+
+    @app.post("/account/password")
+    def account_password(request: Request, current_password: str = Form(""), new_password: str = Form(""),
+                         csrf_token: str = Form("")) -> Response:
+        player = api_player(request)
+        check_csrf(request, csrf_token)
+        try:
+            store.change_password(db, hasher, player.player_id, current_password, new_password,
+                                  keep_token=player.token)
+        except store.ValidationError as exc:
+            return page(request, "account.html", status_code=422, error=str(exc), message=None)
+        return RedirectResponse("/account?done=password", status_code=303)
+
+    @app.post("/account/logout-all")
+    def account_logout_all(request: Request, csrf_token: str = Form("")) -> Response:
+        player = api_player(request)
+        check_csrf(request, csrf_token)
+        store.close_all_sessions(db, player.player_id)
+        resp = RedirectResponse("/", status_code=303)
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.get("/reset/{token}", response_class=HTMLResponse)
+    def reset_page(request: Request, token: str) -> Response:
+        valid = store.reset_token_valid(db, token)
+        return page(request, "reset.html", status_code=200 if valid else 404, token=token, valid=valid, error=None)
+
+    @app.post("/reset/{token}")
+    def reset_form(request: Request, token: str, new_password: str = Form(""), csrf_token: str = Form("")) -> Response:
+        check_csrf(request, csrf_token)
+        try:
+            store.reset_password_with_token(db, hasher, token, new_password)
+        except store.ValidationError as exc:
+            return page(request, "reset.html", status_code=422, token=token, valid=True, error=str(exc))
+        except store.NotFound:
+            return page(request, "reset.html", status_code=404, token=token, valid=False, error=None)
+        return RedirectResponse("/login", status_code=303)
+
+    @app.post("/api/password")
+    def api_password(request: Request, body: PasswordChange) -> dict[str, Any]:
+        player = api_player(request)
+        check_csrf(request, None)
+        store.change_password(db, hasher, player.player_id, body.current_password, body.new_password,
+                              keep_token=player.token)
+        return {"ok": True}
+
+    @app.post("/api/logout-all")
+    def api_logout_all(request: Request) -> Response:
+        player = api_player(request)
+        check_csrf(request, None)
+        n = store.close_all_sessions(db, player.player_id)
+        resp = JSONResponse({"ok": True, "sessions_ended": n})
+        resp.delete_cookie(SESSION_COOKIE, path="/")
+        return resp
+
+    @app.post("/api/reset")
+    def api_reset(request: Request, body: PasswordResetBody) -> dict[str, Any]:
+        check_csrf(request, None)
+        store.reset_password_with_token(db, hasher, body.token, body.new_password)
+        return {"ok": True}
+
+    @app.post("/language")
+    def language_form(request: Request, lang: str = Form(""), next: str = Form("/"),
+                      csrf_token: str = Form("")) -> Response:
+        check_csrf(request, csrf_token)
+        code = i18n.valid_language(lang)
+        if code is None:
+            raise store.ValidationError(f"unknown language; choose one of {', '.join(i18n.LANGUAGES)}")
+        player = current(request)
+        if player is not None:
+            store.set_player_language(db, player.player_id, code)
+        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        resp = RedirectResponse(target, status_code=303)
+        resp.set_cookie(LANG_COOKIE, code, max_age=365 * 86400, samesite="lax", secure=_secure(request), path="/")
         return resp
 
     @app.get("/play")
@@ -333,7 +466,8 @@ def create_app(
         check_csrf(request, csrf)
         try:
             store.finish_round(db, player.player_id, round_id, guessed_class=guess, labels=labels,
-                               idempotency_key=key, matcher=matcher, rate_limit=rate_limit)
+                               idempotency_key=key, matcher=matcher, rate_limit=rate_limit,
+                               client_addr=client_addr(request), language=language(request))
         except (store.ValidationError, store.RateLimited) as exc:
             view = store.get_round(db, player.player_id, round_id)
             resp = page(request, "round.html", status_code=_status(exc), r=view, key=key, error=str(exc),
@@ -382,7 +516,8 @@ def create_app(
     @app.post("/api/signup", status_code=201)
     def api_signup(request: Request, body: Credentials) -> Response:
         check_csrf(request, None)
-        pid = store.create_player(db, hasher, body.username, body.password)
+        pid = store.create_player(db, hasher, body.username, body.password, client_addr=client_addr(request),
+                                  signup_limit=signup_limit)
         sess = store.open_session(db, pid)
         resp = JSONResponse({"player": sess.username, "csrf_token": sess.csrf_token}, status_code=201)
         login_cookie(request, resp, sess)
@@ -391,13 +526,16 @@ def create_app(
     @app.post("/api/login")
     def api_login(request: Request, body: Credentials) -> Response:
         check_csrf(request, None)
-        retry = store.login_retry_after(db, body.username, login_limit)
+        addr = client_addr(request)
+        retry = store.login_retry_after(db, body.username, login_limit, client_addr=addr,
+                                        address_limit=login_address_limit)
         if retry is not None:
             raise store.RateLimited("too many failed log-ins for this name; wait a few minutes", retry)
         pid = store.authenticate(db, hasher, body.username, body.password)
         if pid is None:
-            store.record_login_failure(db, body.username, login_limit[1])
+            store.record_login_failure(db, body.username, login_limit[1], client_addr=addr)
             return JSONResponse({"detail": "wrong user name or password"}, status_code=401)
+        store.clear_login_failures(db, body.username, addr)
         sess = store.open_session(db, pid)
         resp = JSONResponse({"player": sess.username, "csrf_token": sess.csrf_token})
         login_cookie(request, resp, sess)
@@ -461,7 +599,8 @@ def create_app(
         key = request.headers.get("idempotency-key") or body.idempotency_key or ""
         res = store.finish_round(db, player.player_id, round_id,
                                  guessed_class=None if give_up else (body.guessed_class or ""),
-                                 labels=body.labels, idempotency_key=key, matcher=matcher, rate_limit=rate_limit)
+                                 labels=body.labels, idempotency_key=key, matcher=matcher, rate_limit=rate_limit,
+                                 client_addr=client_addr(request), language=language(request))
         return JSONResponse({"round": _round_json(res.round, request), "points": res.points, "replayed": res.replayed},
                             status_code=200 if res.replayed else 201)
 
@@ -495,7 +634,8 @@ def create_app(
     @app.post("/api/admin/import", status_code=201)
     def admin_import(request: Request, body: ImportRequest) -> dict[str, Any]:
         require_admin(request)
-        summary = store.import_bundle(db, body.bundle, body.campaign, gold=body.gold)
+        summary = store.import_bundle(db, body.bundle, body.campaign, gold=body.gold, seen_policy=body.seen_policy,
+                                      agreement_rule=body.agreement_rule)
         return {"campaign": summary.campaign, "images": summary.images, "maps": summary.maps,
                 "gold_maps": summary.gold_maps, "class_names": summary.class_names}
 
@@ -519,6 +659,40 @@ def create_app(
     return app
 
 
+def parse_networks(items: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Trusted proxies as networks (``10.0.0.1``, ``10.0.0.0/8``, ``::1``); a bad entry is a GameError."""
+    nets = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise store.GameError(f"trusted proxy {item!r} is not an IP address or network") from None
+    return nets
+
+
+def _in(addr: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in n for n in nets)
+
+
+def _client_address(request: Request, proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The client's address: the TCP peer; behind a trusted proxy, the right-most ``X-Forwarded-For`` entry
+    that is not itself a trusted proxy (entries left of it could be forged by the client)."""
+    peer = request.client.host if request.client else ""
+    if not proxies or not _in(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    while hops and _in(hops[-1], proxies):
+        hops.pop()
+    return hops[-1][:100] if hops else peer
+
+
 class _CsrfError(Exception):
     pass
 
@@ -534,12 +708,16 @@ class _AdminError(Exception):
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory`` workers: configuration from environment variables
     ``FEATURELENS_GAME_DATABASE_URL``, ``FEATURELENS_ADMIN_TOKEN``, ``FEATURELENS_GAME_RATE_LIMIT``
-    (``N/SECONDS`` or ``off``), ``FEATURELENS_GAME_GOLD_RATE`` and ``FEATURELENS_GAME_LIMITS``."""
-    rate = os.environ.get("FEATURELENS_GAME_RATE_LIMIT", "30/60")
-    limit: tuple[int, float] | None = None
-    if rate.lower() not in ("off", "none", "0"):
-        n, _, w = rate.partition("/")
-        limit = (int(n), float(w or 60))
+    (``N/SECONDS`` or ``off``), ``FEATURELENS_GAME_GOLD_RATE``, ``FEATURELENS_GAME_SIGNUP_LIMIT``
+    (``N/SECONDS`` or ``off``, default 20/3600) ``FEATURELENS_GAME_TRUSTED_PROXIES`` (comma-separated) and ``FEATURELENS_GAME_LIMITS``."""
+
+    def _limit(text: str) -> tuple[int, float] | None:
+        if text.lower() in ("off", "none", "0"):
+            return None
+        n, _, w = text.partition("/")
+        return (int(n), float(w or 60))
+
+    limit = _limit(os.environ.get("FEATURELENS_GAME_RATE_LIMIT", "30/60"))
     return create_app(
         os.environ.get("FEATURELENS_GAME_DATABASE_URL", "featurelens-game.sqlite3"),
         admin_token=os.environ.get("FEATURELENS_ADMIN_TOKEN") or None,
@@ -547,4 +725,6 @@ def app_from_env() -> FastAPI:
         gold_rate=float(os.environ.get("FEATURELENS_GAME_GOLD_RATE", "0.1")),
         run_migrations=os.environ.get("FEATURELENS_GAME_MIGRATE", "1") != "0",
         limits=limits_from_env(),
+        signup_limit=_limit(os.environ.get("FEATURELENS_GAME_SIGNUP_LIMIT", "20/3600")),
+        trusted_proxies=[x for x in os.environ.get("FEATURELENS_GAME_TRUSTED_PROXIES", "").split(",") if x.strip()],
     )

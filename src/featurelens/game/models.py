@@ -14,7 +14,9 @@ Tables
 ``rounds``           a player's round on one map; ``UNIQUE(player_id, cluster_pk)`` = never the same map twice
 ``labels``           label texts of a finished round, with their normalised form and agreement points
 ``settings``         key/value pairs (reserved for server-wide configuration)
-``login_failures``   failed log-ins per casefolded user name: the log-in throttle, shared by all workers
+``login_failures``   failed log-ins per (casefolded user name, client address key): the log-in backoff
+``signups``          sign-ups per client address key: the sign-up throttle
+``password_resets``  admin-issued one-time reset tokens (only their SHA-256), with expiry and use time
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ class Player(Base):
     username_key: Mapped[str] = mapped_column(String(64), unique=True)  # casefolded, for uniqueness
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # confusable skeleton (featurelens.game.names), unique: no look-alike names
+    username_skeleton: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)  # chosen UI language
+    __table_args__ = (Index("ix_players_username_skeleton", "username_skeleton", unique=True),)
 
 
 class Session(Base):
@@ -66,6 +72,7 @@ class Session(Base):
 
 class Campaign(Base):
     __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_content_hash", "content_hash", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     class_names_json: Mapped[str] = mapped_column(Text)
@@ -73,6 +80,9 @@ class Campaign(Base):
     params_json: Mapped[str] = mapped_column(Text, default="{}")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)  # of the bundle, unique
+    seen_policy: Mapped[str] = mapped_column(String(16), default="label_only")  # label_only | skip
+    agreement_rule: Mapped[str] = mapped_column(String(16), default="address")  # address | gold
 
 
 class Image(Base):
@@ -84,6 +94,7 @@ class Image(Base):
     true_class: Mapped[str | None] = mapped_column(String(200), nullable=True)
     predicted_class: Mapped[str] = mapped_column(String(200))
     photo: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)  # loaded only when served
+    photo_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # SHA-256 of photo
 
 
 class Cluster(Base):
@@ -133,6 +144,8 @@ class Round(Base):
     finish_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
     is_gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_hit: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    seen_before: Mapped[bool] = mapped_column(Boolean, default=False)  # the player had seen this photo
+    client_key: Mapped[str | None] = mapped_column(String(64), nullable=True)  # hashed address of the answer
     started_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     cluster: Mapped[Cluster] = relationship(lazy="joined")
@@ -150,6 +163,8 @@ class Label(Base):
     norm: Mapped[str] = mapped_column(String(200))
     points: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    verified: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # agreed by an independent player
+    language: Mapped[str | None] = mapped_column(String(16), nullable=True)  # UI language it was typed in
 
 
 class Setting(Base):
@@ -163,7 +178,27 @@ class LoginFailure(Base):
     __table_args__ = (
         Index("ix_login_failures_key_at", "username_key", "at"),
         Index("ix_login_failures_at", "at"),
+        Index("ix_login_failures_key_client_at", "username_key", "client_key", "at"),
+        Index("ix_login_failures_client_at", "client_key", "at"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     username_key: Mapped[str] = mapped_column(String(200))  # casefolded name as typed (may not exist)
     at: Mapped[dt.datetime] = mapped_column(DateTime)
+    client_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class Signup(Base):
+    __tablename__ = "signups"
+    __table_args__ = (Index("ix_signups_client_at", "client_key", "at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    client_key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class PasswordReset(Base):
+    __tablename__ = "password_resets"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    player_id: Mapped[int] = mapped_column(ForeignKey("players.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)

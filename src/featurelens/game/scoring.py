@@ -9,7 +9,10 @@ Label points
     When a label is stored, it earns ``AGREE_POINTS`` for every *other player* who already gave an
     agreeing label on that map (capped at ``AGREE_CAP`` players), and each of those earlier labels
     earns ``AGREE_POINTS`` once more (so early labellers are rewarded when others confirm them,
-    as in the ESP game).
+    as in the ESP game). Only *independent* agreement counts (the campaign's ``agreement_rule``, see
+    ``store._independent``): from other client addresses (``address``, the default; the points count
+    distinct addresses) or from players who passed gold checks (``gold``). A label with such agreement is
+    ``verified`` in the export.
 
 Matchers
     A matcher has ``normalize(text) -> str`` (stored alongside the label, used for fast equality)

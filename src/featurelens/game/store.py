@@ -15,6 +15,14 @@ Assignment
     (``UNIQUE(player_id, cluster_pk)``) with the fewest expected labels (``label_count + open_count``),
     ties broken at random. With probability ``gold_rate`` a gold map (known labels) is served instead,
     when one is left for the player; agreement with its known labels gives the player's reliability.
+
+Seen photos (campaign setting ``seen_policy``)
+    Once a player has finished a round, they have seen its photo and class. The other maps of that photo
+    (same SHA-256 of the photo bytes, in any campaign) are then either served only after every unseen
+    map, as *label-only* rounds (``label_only``, the default: every map still gets labels): no class to
+    guess, no guess points; or never served to them (``skip``). A round is ``seen_before`` when the photo had been seen when it started or
+    when it is answered (a round opened in another campaign meanwhile); its guess scores 0 either way, and
+    the export's ``seen_before`` column says so.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import numpy as np
 from sqlalchemy import Integer, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import aliased
 
 from featurelens.game.db import Database, GameError
 from featurelens.game.masks import REVEAL_Q, encode_jpeg, reveal_series
@@ -48,9 +57,11 @@ from featurelens.game.models import (
     Image,
     Label,
     LoginFailure,
+    PasswordReset,
     Player,
     Round,
     Session,
+    Signup,
     utcnow,
 )
 from featurelens.game.scoring import (
@@ -67,7 +78,13 @@ EXPORT_COLUMNS = (
     "guessed_class", "true_class", "correct", "label", "created_at",
     # export v2 (issue 13): the cluster map's game statistics over all its finished rounds (docs/game.md)
     "map_rounds", "map_correct", "map_wrong", "map_gave_up", "map_unknown", "map_mean_q",
+    "seen_before", "verified", "language",
 )
+#: a player "passed gold checks" with at least this many gold rounds, and this share of them agreeing
+GOLD_MIN_ROUNDS = 2
+GOLD_MIN_RELIABILITY = 0.5
+SEEN_POLICIES = ("skip", "label_only")
+AGREEMENT_RULES = ("address", "gold")
 MAX_LABELS = 5
 MAX_LABEL_CHARS = 48
 SESSION_DAYS = 30
@@ -115,12 +132,13 @@ def validate_campaign_name(name: str) -> str:
 
 
 def validate_username(name: str) -> str:
-    name = _clean(name)
-    if not 3 <= len(name) <= 32:
-        raise ValidationError("user names are 3 to 32 characters long")
-    if not name.isprintable():
-        raise ValidationError("user names cannot contain control characters")
-    return name
+    """NFKC-normalised name; refuses invisible, blank-looking and mixed-script names (:mod:`.names`)."""
+    from featurelens.game.names import NameError_, normalize_username
+
+    try:
+        return normalize_username(name)
+    except NameError_ as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def validate_password(password: str) -> str:
@@ -162,6 +180,32 @@ class ImportSummary:
     maps: int
     gold_maps: int
     class_names: list[str]
+    content_hash: str = ""
+
+
+def bundle_content_hash(bundle: Any) -> str:
+    """SHA-256 of what a campaign is made of: every image id with its photo file's bytes and every cluster
+    id with its map file's bytes, in the bundle's order (metadata such as a creation time is left out)."""
+    h = hashlib.sha256()
+    for im in bundle.images:
+        h.update(f"image\0{im.id}\0".encode())
+        h.update(hashlib.sha256(bundle.path(im.file).read_bytes()).digest())
+        for c in im.clusters:
+            h.update(f"cluster\0{c.id}\0".encode())
+            h.update(hashlib.sha256(bundle.path(c.map_npy).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def validate_agreement_rule(rule: str) -> str:
+    if rule not in AGREEMENT_RULES:
+        raise ValidationError(f"agreement_rule must be one of {', '.join(AGREEMENT_RULES)}; got {rule!r}")
+    return rule
+
+
+def validate_seen_policy(policy: str) -> str:
+    if policy not in SEEN_POLICIES:
+        raise ValidationError(f"seen_policy must be one of {', '.join(SEEN_POLICIES)}; got {policy!r}")
+    return policy
 
 
 def _photo_rgb(path: Path) -> np.ndarray:
@@ -199,17 +243,28 @@ def import_bundle(
     campaign: str,
     *,
     gold: Mapping[str, Sequence[str]] | None = None,
+    seen_policy: str = "label_only",
+    agreement_rule: str = "address",
 ) -> ImportSummary:
     """Import an explanation bundle as a new campaign: photos, maps, pre-rendered reveal steps.
 
     ``true_class`` of an image is kept as is; where it is null the export and the scoring use the
     model's ``predicted_class`` instead. A true class missing from the bundle's class list is added
     to the campaign's class list, so a correct guess is always possible.
+
+    A bundle whose content (:func:`bundle_content_hash`) is already in a campaign is refused with
+    :class:`Conflict`: its players would replay maps they already know.
     """
     from featurelens.network.bundle import load_bundle
 
     name = validate_campaign_name(campaign)
+    validate_seen_policy(seen_policy)
+    validate_agreement_rule(agreement_rule)
     bundle = load_bundle(bundle_path)
+    try:
+        content_hash = bundle_content_hash(bundle)
+    except OSError as exc:
+        raise GameError(f"cannot read the bundle's files: {exc}") from None
     gold = {str(k): [_clean(x) for x in v if _clean(x)] for k, v in (gold or {}).items()}
     known = {c.id for _, c in bundle.clusters()}
     unknown = sorted(set(gold) - known)
@@ -221,9 +276,16 @@ def import_bundle(
         if truth not in class_names:
             class_names.append(truth)
 
-    with db.read() as s:
+    def _check(s: OrmSession) -> None:
         if s.scalar(select(Campaign.id).where(Campaign.name == name)) is not None:
             raise Conflict(f"campaign {name!r} already exists; choose another name")
+        other = s.scalar(select(Campaign.name).where(Campaign.content_hash == content_hash))
+        if other is not None:
+            raise Conflict(f"this bundle is already imported as campaign {other!r} (same content, sha256 "
+                           f"{content_hash[:12]}...); importing it again would let players replay maps they know")
+
+    with db.read() as s:
+        _check(s)
 
     # render everything before opening the write transaction
     rendered: list[tuple[Any, bytes, list[tuple[Any, list[bytes], bytes]]]] = []
@@ -244,13 +306,16 @@ def import_bundle(
             params_json=json.dumps({"model": bundle.model, "target": bundle.target, "reveal_q": REVEAL_Q}),
             active=True,
             created_at=utcnow(),
+            content_hash=content_hash,
+            seen_policy=seen_policy,
+            agreement_rule=agreement_rule,
         )
         s.add(camp)
         s.flush()
         n_maps = n_gold = 0
         for im, photo, clusters in rendered:
             img = Image(campaign_id=camp.id, image_key=im.id, true_class=im.true_class,
-                        predicted_class=im.predicted_class, photo=photo)
+                        predicted_class=im.predicted_class, photo=photo, photo_hash=hashlib.sha256(photo).hexdigest())
             s.add(img)
             s.flush()
             for c, steps, overlay in clusters:
@@ -264,12 +329,33 @@ def import_bundle(
                 s.add(ClusterAsset(cluster_pk=cl.id, kind="overlay", data=overlay))
                 n_maps += 1
                 n_gold += bool(labels)
-        return ImportSummary(name, len(rendered), n_maps, n_gold, class_names)
+        return ImportSummary(name, len(rendered), n_maps, n_gold, class_names, content_hash)
 
     try:
         return db.write(_write)
     except IntegrityError:
+        with db.read() as s:  # a concurrent import won: say which constraint
+            _check(s)
         raise Conflict(f"campaign {name!r} already exists; choose another name") from None
+
+
+def campaign_settings(db: Database, campaign: str, *, seen_policy: str | None = None,
+                      agreement_rule: str | None = None) -> dict[str, str]:
+    """Read (and, for the arguments given, change) a campaign's settings."""
+    if seen_policy is not None:
+        validate_seen_policy(seen_policy)
+    if agreement_rule is not None:
+        validate_agreement_rule(agreement_rule)
+
+    def _w(s: OrmSession) -> dict[str, str]:
+        camp = _campaign(s, campaign)
+        if seen_policy is not None:
+            camp.seen_policy = seen_policy
+        if agreement_rule is not None:
+            camp.agreement_rule = agreement_rule
+        return {"campaign": camp.name, "seen_policy": camp.seen_policy, "agreement_rule": camp.agreement_rule}
+
+    return db.write(_w)
 
 
 # ---------------------------------------------------------------------------
@@ -315,14 +401,49 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_player(db: Database, hasher: PasswordHasher, username: str, password: str) -> int:
+def client_key(address: str | None) -> str | None:
+    """What is stored of a client address: a (salted-prefix) SHA-256, 32 hex digits; ``None`` if unknown."""
+    if not address:
+        return None
+    return hashlib.sha256(b"featurelens-client\0" + address.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _signup_retry(s: OrmSession, key: str, limit: tuple[int, float]) -> None:
+    retry = _window_retry(s, Signup.at, Signup.client_key == key, limit, 1.0)
+    if retry is not None:
+        raise RateLimited(f"too many new accounts from your address (at most {limit[0]} per {limit[1]:g} s); "
+                          "try again later", retry)
+
+
+def create_player(db: Database, hasher: PasswordHasher, username: str, password: str, *,
+                  client_addr: str | None = None, signup_limit: tuple[int, float] | None = None) -> int:
+    """A new account. With ``signup_limit=(n, seconds)`` and a client address, at most ``n`` sign-ups per
+    address per window (counted in the database, so all workers agree); more raise :class:`RateLimited`."""
     username = validate_username(username)
     validate_password(password)
+    key = client_key(client_addr)
+    limit = signup_limit if key else None
+    if limit:
+        with db.read() as s:  # cheap check before the (deliberately slow) password hash
+            _signup_retry(s, key, limit)  # type: ignore[arg-type]
+    from featurelens.game.names import username_skeleton
+
+    skeleton = username_skeleton(username)
+    taken = Conflict("that user name is taken, or looks too much like one that is; choose another")
+    with db.read() as s:
+        if s.scalar(select(Player.id).where((Player.username_skeleton == skeleton)
+                                            | (Player.username_key == username.casefold()))) is not None:
+            raise taken
     pw_hash = hasher.hash(password)
 
     def _w(s: OrmSession) -> int:
+        now = utcnow()
+        if limit:
+            _signup_retry(s, key, limit)  # type: ignore[arg-type]
+            s.execute(delete(Signup).where(Signup.at < now - dt.timedelta(seconds=limit[1])))
+            s.add(Signup(client_key=key, at=now))
         p = Player(username=username, username_key=username.casefold(), password_hash=pw_hash,
-                   created_at=utcnow())
+                   created_at=now, username_skeleton=skeleton)
         s.add(p)
         s.flush()
         return p.id
@@ -330,14 +451,27 @@ def create_player(db: Database, hasher: PasswordHasher, username: str, password:
     try:
         return db.write(_w)
     except IntegrityError:
-        raise Conflict("that user name is taken; choose another") from None
+        raise taken from None
+
+
+def _name_keys(username: str) -> list[str]:
+    """Lookup keys of a typed name: the NFKC casefold (names since revision 0004), and the older NFC one."""
+    return list(dict.fromkeys([" ".join(unicodedata.normalize("NFKC", str(username)).split()).casefold(),
+                               _clean(username).casefold()]))
+
+
+def _find_player(s: OrmSession, username: str) -> Any:
+    for key in _name_keys(username):
+        row = s.execute(select(Player.id, Player.password_hash, Player.username)
+                        .where(Player.username_key == key)).first()
+        if row is not None:
+            return row
+    return None
 
 
 def authenticate(db: Database, hasher: PasswordHasher, username: str, password: str) -> int | None:
     with db.read() as s:
-        row = s.execute(
-            select(Player.id, Player.password_hash).where(Player.username_key == _clean(username).casefold())
-        ).first()
+        row = _find_player(s, username)
     ok = hasher.verify(row.password_hash if row else None, password)
     return row.id if (ok and row) else None
 
@@ -346,24 +480,54 @@ def _login_key(username: str) -> str:
     return _clean(username).casefold()[:200]
 
 
-def login_retry_after(db: Database, username: str, limit: tuple[int, float]) -> float | None:
-    """Seconds until ``username`` may try again if it had ``limit[0]`` failed log-ins in the last
-    ``limit[1]`` seconds, else ``None``. Counted in the database, so all worker processes agree."""
+def login_retry_after(db: Database, username: str, limit: tuple[int, float], *, client_addr: str | None = None,
+                      address_limit: tuple[int, float] | None = None) -> float | None:
+    """Seconds until a log-in as ``username`` from ``client_addr`` may be tried again, or ``None``.
+
+    Backoff per (name, address): with ``limit = (n, window)`` and ``f`` failures of this pair in the last
+    ``window`` seconds, once ``f >= n`` the pair waits ``min(2^(f-n), window)`` seconds after its last
+    failure. Failures from *other* addresses do not count, so nobody can lock an owner out from elsewhere.
+    ``address_limit = (m, window)``: at most ``m`` failures per address over all names (password spraying).
+    Without an address the failures are counted per name only. Counted in the database (all workers agree)."""
+    key = client_key(client_addr)
+    count, window = limit
     with db.read() as s:
-        return _window_retry(s, LoginFailure.at, LoginFailure.username_key == _login_key(username), limit, 1.0)
+        where = LoginFailure.username_key == _login_key(username)
+        if key is not None:
+            where = and_(where, LoginFailure.client_key == key)
+        since = utcnow() - dt.timedelta(seconds=window)
+        times = s.scalars(select(LoginFailure.at).where(where, LoginFailure.at >= since)
+                          .order_by(LoginFailure.at.desc()).limit(count + 64)).all()
+        if len(times) >= count:
+            wait = min(2.0 ** (len(times) - count), window)
+            retry = wait - (utcnow() - times[0]).total_seconds()
+            if retry > 0:
+                return max(retry, 1.0)
+        if key is not None and address_limit:
+            return _window_retry(s, LoginFailure.at, LoginFailure.client_key == key, address_limit, 1.0)
+    return None
 
 
-def record_login_failure(db: Database, username: str, window: float) -> None:
-    """Store one failed log-in for ``username``. Failures older than ``window`` seconds (of any name)
-    are pruned, so guessing many names cannot grow the table beyond one window of failures."""
+def record_login_failure(db: Database, username: str, window: float, *, client_addr: str | None = None) -> None:
+    """Store one failed log-in for ``username`` from ``client_addr``. Failures older than ``window`` seconds
+    (of any name) are pruned, so guessing many names cannot grow the table beyond one window of failures."""
     key = _login_key(username)
+    ckey = client_key(client_addr)
 
     def _w(s: OrmSession) -> None:
         now = utcnow()
         s.execute(delete(LoginFailure).where(LoginFailure.at < now - dt.timedelta(seconds=window)))
-        s.add(LoginFailure(username_key=key, at=now))
+        s.add(LoginFailure(username_key=key, at=now, client_key=ckey))
 
     db.write(_w)
+
+
+def clear_login_failures(db: Database, username: str, client_addr: str | None) -> None:
+    """After a successful log-in: forget the failures of this (name, address)."""
+    ckey = client_key(client_addr)
+    where = LoginFailure.username_key == _login_key(username)
+    where = and_(where, LoginFailure.client_key == ckey) if ckey else where
+    db.write(lambda s: s.execute(delete(LoginFailure).where(where)))
 
 
 def open_session(db: Database, player_id: int) -> PlayerSession:
@@ -396,6 +560,103 @@ def close_session(db: Database, token: str) -> None:
     db.write(lambda s: s.execute(delete(Session).where(Session.token_hash == _token_hash(token))))
 
 
+def set_player_language(db: Database, player_id: int, language: str | None) -> None:
+    db.write(lambda s: s.execute(update(Player).where(Player.id == player_id).values(language=language)))
+
+
+def player_language(db: Database, player_id: int) -> str | None:
+    with db.read() as s:
+        return s.scalar(select(Player.language).where(Player.id == player_id))
+
+
+def close_all_sessions(db: Database, player_id: int, *, except_token: str | None = None) -> int:
+    """"Log out everywhere": end every session of the player (but ``except_token``); the number ended."""
+
+    def _w(s: OrmSession) -> int:
+        q = delete(Session).where(Session.player_id == player_id)
+        if except_token:
+            q = q.where(Session.token_hash != _token_hash(except_token))
+        return int(s.execute(q).rowcount or 0)
+
+    return db.write(_w)
+
+
+def change_password(db: Database, hasher: PasswordHasher, player_id: int, current: str, new: str, *,
+                    keep_token: str | None = None) -> None:
+    """Change a password after checking the current one; every other session of the player is ended."""
+    validate_password(new)
+    with db.read() as s:
+        stored = s.scalar(select(Player.password_hash).where(Player.id == player_id))
+    if stored is None:
+        raise NotFound("no such player")
+    if not hasher.verify(stored, current):
+        raise ValidationError("the current password is not right")
+    pw_hash = hasher.hash(new)
+
+    def _w(s: OrmSession) -> None:
+        s.execute(update(Player).where(Player.id == player_id).values(password_hash=pw_hash))
+        q = delete(Session).where(Session.player_id == player_id)
+        if keep_token:
+            q = q.where(Session.token_hash != _token_hash(keep_token))
+        s.execute(q)
+
+    db.write(_w)
+
+
+RESET_HOURS = 24
+
+
+def issue_password_reset(db: Database, username: str, *, hours: float = RESET_HOURS) -> tuple[str, str]:
+    """An admin-issued one-time reset token for ``username`` (valid ``hours``); returns (token, exact name).
+    Only its SHA-256 is stored; issuing a new one voids the player's older unused tokens."""
+    token = secrets.token_urlsafe(32)
+
+    def _w(s: OrmSession) -> str:
+        row = _find_player(s, username)
+        if row is None:
+            raise NotFound(f"no player named {username!r}")
+        now = utcnow()
+        s.execute(delete(PasswordReset).where(PasswordReset.player_id == row.id))
+        s.add(PasswordReset(token_hash=_token_hash(token), player_id=row.id, created_at=now,
+                            expires_at=now + dt.timedelta(hours=hours)))
+        return str(row.username)
+
+    return token, db.write(_w)
+
+
+def reset_password_with_token(db: Database, hasher: PasswordHasher, token: str, new: str) -> int:
+    """Set a new password with a reset token: once only, before it expires; all sessions of the player
+    end. Returns the player id; a used, expired or unknown token is :class:`NotFound`."""
+    validate_password(new)
+    if not token or len(token) > 200:
+        raise NotFound("this reset link is not valid (used, expired or mistyped); ask for a new one")
+    pw_hash = hasher.hash(new)
+
+    def _w(s: OrmSession) -> int:
+        now = utcnow()
+        th = _token_hash(token)
+        pid = s.scalar(select(PasswordReset.player_id).where(
+            PasswordReset.token_hash == th, PasswordReset.used_at.is_(None), PasswordReset.expires_at > now))
+        res = s.execute(update(PasswordReset).where(PasswordReset.token_hash == th, PasswordReset.used_at.is_(None))
+                        .values(used_at=now))
+        if pid is None or res.rowcount != 1:
+            raise NotFound("this reset link is not valid (used, expired or mistyped); ask for a new one")
+        s.execute(update(Player).where(Player.id == pid).values(password_hash=pw_hash))
+        s.execute(delete(Session).where(Session.player_id == pid))
+        return int(pid)
+
+    return db.write(_w)
+
+
+def reset_token_valid(db: Database, token: str) -> bool:
+    if not token or len(token) > 200:
+        return False
+    with db.read() as s:
+        return s.scalar(select(PasswordReset.player_id).where(
+            PasswordReset.token_hash == _token_hash(token), PasswordReset.used_at.is_(None),
+            PasswordReset.expires_at > utcnow())) is not None
+
+
 # ---------------------------------------------------------------------------
 # campaigns and rounds
 # ---------------------------------------------------------------------------
@@ -413,6 +674,7 @@ class RoundView:
     max_step: int
     class_names: list[str]
     is_gold: bool = False
+    label_only: bool = False  # the player has seen this photo: labels only, no guess points
     # only once finished:
     guessed_class: str | None = None
     correct: bool | None = None
@@ -454,7 +716,7 @@ def _round_view(s: OrmSession, rnd: Round, campaign: Campaign | None = None) -> 
         id=rnd.id, campaign=camp.name, cluster_id=cl.cluster_key, image_id=cl.image.image_key, layer=cl.layer,
         cluster_index=cl.cluster_index, status=rnd.status, reveal_step=rnd.reveal_step,
         q_percent=REVEAL_Q[rnd.reveal_step], max_step=len(REVEAL_Q) - 1,
-        class_names=json.loads(camp.class_names_json), is_gold=rnd.is_gold,
+        class_names=json.loads(camp.class_names_json), is_gold=rnd.is_gold, label_only=bool(rnd.seen_before),
     )
     if rnd.status != "open":
         view.guessed_class = rnd.guessed_class
@@ -482,13 +744,17 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
         ).first()
         if open_rnd is not None:
             return _round_view(s, open_rnd, camp)
-        seen = select(Round.cluster_pk).where(Round.player_id == player_id)
+        had = select(Round.cluster_pk).where(Round.player_id == player_id)
+        seen_photo = Image.photo_hash.in_(_seen_photos(player_id))
         pick = None
         for gold in ((True, False) if use_gold else (False, True)):
+            q = (select(Cluster.id, Cluster.is_gold, seen_photo.label("seen"))
+                 .join(Image, Image.id == Cluster.image_pk)
+                 .where(Cluster.campaign_id == camp.id, Cluster.is_gold.is_(gold), Cluster.id.not_in(had)))
+            if camp.seen_policy == "skip":
+                q = q.where(~seen_photo)
             pick = s.execute(
-                select(Cluster.id, Cluster.is_gold)
-                .where(Cluster.campaign_id == camp.id, Cluster.is_gold.is_(gold), Cluster.id.not_in(seen))
-                .order_by(Cluster.label_count + Cluster.open_count, func.random())
+                q.order_by(func.cast(seen_photo, Integer), Cluster.label_count + Cluster.open_count, func.random())
                 .limit(1)
             ).first()
             if pick is not None:
@@ -496,7 +762,8 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
         if pick is None:
             return None
         rnd = Round(player_id=player_id, cluster_pk=pick.id, campaign_id=camp.id, status="open", reveal_step=0,
-                    correct=False, guess_points=0, is_gold=bool(pick.is_gold), started_at=utcnow())
+                    correct=False, guess_points=0, is_gold=bool(pick.is_gold), started_at=utcnow(),
+                    seen_before=bool(pick.seen))
         s.add(rnd)
         s.execute(update(Cluster).where(Cluster.id == pick.id).values(open_count=Cluster.open_count + 1),
                   execution_options=_NO_SYNC)
@@ -510,6 +777,16 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
             if attempt == 4:
                 raise
     return None
+
+
+def _seen_photos(player_id: int, exclude_round: int | None = None, photo_hash: str | None = None):  # type: ignore[no-untyped-def]
+    """Subquery: SHA-256 of every photo the player has seen (the photos of their finished rounds)."""
+    im, cl, rd = aliased(Image), aliased(Cluster), aliased(Round)
+    q = (select(im.photo_hash).join(cl, cl.image_pk == im.id).join(rd, rd.cluster_pk == cl.id)
+         .where(rd.player_id == player_id, rd.status != "open", im.photo_hash.is_not(None)))
+    if exclude_round is not None:
+        q = q.where(rd.id != exclude_round)
+    return q.where(im.photo_hash == photo_hash) if photo_hash is not None else q
 
 
 def _own_round(s: OrmSession, player_id: int, round_id: int) -> Round:
@@ -572,6 +849,31 @@ def _check_rate(s: OrmSession, player_id: int, limit: tuple[int, float] | None) 
         raise RateLimited(f"slow down: at most {limit[0]} answers per {limit[1]:g} s", retry)
 
 
+def _passed_gold(s: OrmSession, player_ids: set[int]) -> set[int]:
+    """The players among ``player_ids`` who passed gold checks: at least :data:`GOLD_MIN_ROUNDS` gold rounds
+    with labels, and at least :data:`GOLD_MIN_RELIABILITY` of them agreeing with a known label."""
+    rows = s.execute(
+        select(Round.player_id, func.count(Round.id), func.sum(func.cast(Round.gold_hit, Integer)))
+        .where(Round.player_id.in_(sorted(player_ids)), Round.gold_hit.is_not(None)).group_by(Round.player_id)
+    ).all()
+    return {pid for pid, n, hits in rows if n >= GOLD_MIN_ROUNDS and (hits or 0) / n >= GOLD_MIN_RELIABILITY}
+
+
+def _independent(rule: str, other_id: int, other_key: str | None, my_id: int, my_key: str | None,
+                 trusted: set[int]) -> object | None:
+    """Whose agreement this is, as an independent source for a label by ``my_id`` at ``my_key``, or
+    ``None`` when it does not count. Rule ``address``: the other label's client address, if both are known
+    and differ (so accounts behind one address agree with each other for nothing). Rule ``gold``: the other
+    player, if they passed gold checks (:func:`_passed_gold`). Points = 10 × distinct sources (at most 5)."""
+    if other_id == my_id:
+        return None
+    if rule == "gold":
+        return ("player", other_id) if other_id in trusted else None
+    if other_key is None or my_key is None or other_key == my_key:
+        return None
+    return ("address", other_key)
+
+
 def _agrees(matcher: LabelMatcher, text: str, norm: str, other_text: str, other_norm: str) -> bool:
     if isinstance(matcher, LemmaMatcher | ExactMatcher):
         return bool(norm) and norm == other_norm
@@ -588,13 +890,18 @@ def finish_round(
     idempotency_key: str,
     matcher: LabelMatcher | None = None,
     rate_limit: tuple[int, float] | None = None,
+    client_addr: str | None = None,
+    language: str | None = None,
 ) -> FinishResult:
-    """Guess (``guessed_class`` given) or give up (``None``), storing the labels; see module docstring."""
+    """Guess (``guessed_class`` given) or give up (``None``), storing the labels; see module docstring.
+
+    Agreement points follow the campaign's ``agreement_rule`` (see :func:`_independent`)."""
     matcher = matcher or LemmaMatcher()
     key = str(idempotency_key or "").strip()
     if not 8 <= len(key) <= 100:
         raise ValidationError("an idempotency key of 8 to 100 characters is required")
     gave_up = guessed_class is None
+    my_key = client_key(client_addr)
     texts = validate_labels(labels, matcher, required=not gave_up)
     norms = [matcher.normalize(t) for t in texts]
 
@@ -621,7 +928,9 @@ def finish_round(
         img = rnd.cluster.image
         truth = img.true_class or img.predicted_class
         correct = guess is not None and guess == truth
-        gpts = guess_points(correct, rnd.reveal_step)
+        seen_before = bool(rnd.seen_before) or (img.photo_hash is not None and s.scalar(
+            _seen_photos(player_id, rnd.id, img.photo_hash).limit(1)) is not None)
+        gpts = 0 if seen_before else guess_points(correct, rnd.reveal_step)
         now = utcnow()
         gold_hit = None
         if rnd.is_gold and texts:
@@ -630,26 +939,40 @@ def finish_round(
         res = s.execute(
             update(Round).where(Round.id == rnd.id, Round.status == "open").values(
                 status="gave_up" if gave_up else "guessed", guessed_class=guess, correct=correct,
-                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit),
+                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit, seen_before=seen_before,
+                client_key=my_key),
             execution_options=_NO_SYNC,
         )
         if res.rowcount != 1:
             raise _Raced()
         others = s.execute(
-            select(Label.id, Label.player_id, Label.text, Label.norm)
+            select(Label.id, Label.player_id, Label.text, Label.norm, Round.client_key)
+            .join(Round, Round.id == Label.round_id)
             .where(Label.cluster_pk == rnd.cluster_pk, Label.player_id != player_id)
         ).all()
+        rule = camp.agreement_rule
+        trusted = (_passed_gold(s, {o.player_id for o in others} | {player_id}) if rule == "gold" and others
+                   else set())
         bump: set[int] = set()
         total = gpts
         for pos, (t, n) in enumerate(zip(texts, norms)):
             agreeing = [o for o in others if _agrees(matcher, t, n, o.text, o.norm)]
-            pts = AGREE_POINTS * min(len({o.player_id for o in agreeing}), AGREE_CAP)
-            bump.update(o.id for o in agreeing)
+            sources = {_independent(rule, o.player_id, o.client_key, player_id, my_key, trusted) for o in agreeing}
+            sources.discard(None)
+            pts = AGREE_POINTS * min(len(sources), AGREE_CAP)
+            for o in agreeing:  # an earlier label earns once more if this answer is a new independent source
+                mine = _independent(rule, player_id, my_key, o.player_id, o.client_key, trusted)
+                before = {_independent(rule, a.player_id, a.client_key, o.player_id, o.client_key, trusted)
+                          for a in agreeing if a.id != o.id}
+                if mine is not None and mine not in before:
+                    bump.add(o.id)
             s.add(Label(round_id=rnd.id, player_id=player_id, cluster_pk=rnd.cluster_pk, position=pos, text=t,
-                        norm=n, points=pts, created_at=now))
+                        norm=n, points=pts, created_at=now, verified=pts > 0, language=language))
             total += pts
         if bump:
-            s.execute(update(Label).where(and_(Label.id.in_(sorted(bump)), Label.points < AGREE_POINTS * AGREE_CAP))
+            ids = sorted(bump)
+            s.execute(update(Label).where(Label.id.in_(ids)).values(verified=True), execution_options=_NO_SYNC)
+            s.execute(update(Label).where(and_(Label.id.in_(ids), Label.points < AGREE_POINTS * AGREE_CAP))
                       .values(points=Label.points + AGREE_POINTS), execution_options=_NO_SYNC)
         s.execute(update(Cluster).where(Cluster.id == rnd.cluster_pk).values(
             label_count=Cluster.label_count + len(texts),
@@ -831,7 +1154,7 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         rows = s.execute(
             select(Player.username, Image.image_key, Cluster.layer, Cluster.cluster_key, Cluster.cluster_index,
                    Round.reveal_step, Round.guessed_class, Image.true_class, Image.predicted_class, Round.correct,
-                   Label.text, Label.created_at, Cluster.id)
+                   Label.text, Label.created_at, Round.seen_before, Label.verified, Label.language, Cluster.id)
             .select_from(Label)
             .join(Round, Round.id == Label.round_id)
             .join(Player, Player.id == Label.player_id)
@@ -844,18 +1167,35 @@ def export_rows(db: Database, campaign: str) -> list[dict[str, Any]]:
         {"campaign": camp.name, "player": r[0], "image_id": r[1], "layer": r[2], "cluster_id": r[3],
          "cluster_index": int(r[4]), "reveal_step": int(r[5]), "q_percent": REVEAL_Q[int(r[5])],
          "guessed_class": r[6] or "", "true_class": r[7] or r[8], "correct": bool(r[9]), "label": r[10],
-         "created_at": _iso(r[11]), **stats[r[12]]}
+         "created_at": _iso(r[11]), "seen_before": bool(r[12]),
+         "verified": None if r[13] is None else bool(r[13]), "language": r[14] or "", **stats[r[15]]}
         for r in rows
     ]
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting with ``= + - @``, a tab or a carriage return
+    gets a leading ``'`` (OWASP's "CSV injection" advice); booleans become ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
 def write_export(rows: Sequence[Mapping[str, Any]], out: IO[str], fmt: str) -> None:
-    """Write rows as ``csv`` (header, ``true``/``false``) or ``jsonl`` (JSON booleans and numbers)."""
+    """Write rows as ``csv`` (header, ``true``/``false``, formulas neutralised by :func:`csv_cell`) or
+    ``jsonl`` (verbatim texts, JSON booleans and numbers)."""
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(EXPORT_COLUMNS)
         for r in rows:
-            w.writerow([("true" if r[c] else "false") if c == "correct" else r[c] for c in EXPORT_COLUMNS])
+            w.writerow([csv_cell(r[c]) for c in EXPORT_COLUMNS])
     elif fmt == "jsonl":
         for r in rows:
             out.write(json.dumps({c: r[c] for c in EXPORT_COLUMNS}, ensure_ascii=False) + "\n")

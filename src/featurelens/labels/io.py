@@ -226,8 +226,19 @@ def read_labels(path: str | Path) -> list[LabelRecord]:
             f"{path}: missing column(s) {', '.join(missing)}; a game export has the columns "
             f"{', '.join(EXPORT_COLUMNS)}"
         )
-    rows = [dict(r) for r in reader]
+    rows = [{k: _unneutralise(v) for k, v in r.items()} for r in reader]
     return records_from_rows(rows, source=str(path))
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _unneutralise(cell: str | None) -> str | None:
+    """Undo the game's CSV formula guard: ``'=x`` → ``=x`` (a ``'`` is put before cells starting with
+    ``= + - @``, tab or CR; docs/game.md). Other cells are returned as they are; JSONL is always verbatim."""
+    if isinstance(cell, str) and cell.startswith("'") and cell[1:].startswith(_FORMULA_START):
+        return cell[1:]
+    return cell
 
 
 def write_labels_csv(records: list[LabelRecord], path: str | Path, version: int = 2) -> Path:

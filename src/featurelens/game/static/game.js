@@ -50,7 +50,7 @@
       if (inputs.length >= max) { return; }
       var input = inputs[0].cloneNode(false);
       input.value = "";
-      input.placeholder = "label " + (inputs.length + 1);
+      input.placeholder = (add.getAttribute("data-placeholder") || "label") + " " + (inputs.length + 1);
       input.setAttribute("aria-label", input.placeholder);
       box.insertBefore(input, add);
       input.focus();
