@@ -249,7 +249,7 @@ def start(db_url: str, port: int, workers: int, log: Path, extra: list[str]) -> 
     env = {**os.environ, "FEATURELENS_ADMIN_TOKEN": ADMIN}
     return subprocess.Popen(
         [sys.executable, "-m", "featurelens.cli.main", "game", "serve", "--database-url", db_url, "--host", HOST,
-         "--port", str(port), "--workers", str(workers), "--rate-limit", "off", "--gold-rate", "0", *extra],
+         "--port", str(port), "--workers", str(workers), "--rate-limit", "off", "--signup-limit", "off", "--gold-rate", "0", *extra],
         env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
