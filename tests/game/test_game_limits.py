@@ -6,6 +6,7 @@ Abuse traffic goes to 127.0.0.1 only and is bounded in size and time."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import socket
@@ -86,7 +87,9 @@ def _raw_asgi(app, method: str, path: str, headers: list[tuple[bytes, bytes]], b
              "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"",
              "headers": [(b"host", b"127.0.0.1"), *headers], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
              "state": {}}
-    asyncio.run(asyncio.wait_for(app(scope, receive, send), 20))
+    # in a thread of its own: a browser test's sync Playwright may keep an event loop running in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, asyncio.wait_for(app(scope, receive, send), 20)).result()
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"), calls
 

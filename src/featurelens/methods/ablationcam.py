@@ -12,6 +12,7 @@ from featurelens.methods.base import (
     MethodContext,
     explained_class,
     register,
+    require_spatial,
     sample_scores,
 )
 from featurelens.methods.scorecam import _eval_mode
@@ -70,6 +71,9 @@ class AblationCAM(Method):
                     f"Ablation-CAM: layer {layer.name!r} runs more than once per forward; "
                     "choose a layer that is called once"
                 )
+            if not isinstance(output, Tensor):
+                raise MethodError(f"Ablation-CAM: layer {layer.name!r} does not return a tensor")
+            require_spatial(output, "Ablation-CAM", layer.name)
             return state["replacement"]  # type: ignore[return-value]
 
         scores = torch.empty(batch, k, device=a.device, dtype=torch.float32)

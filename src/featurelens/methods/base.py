@@ -45,6 +45,17 @@ class MethodContext:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+def require_spatial(t: Tensor, method: str, layer: str) -> Tensor:
+    """``t`` when it is a ``[B, K, h, w]`` output; a :class:`MethodError` otherwise. For methods that
+    re-run the layer themselves (token outputs ``[B, N, C]`` are reshaped only in the Explainer's capture)."""
+    if t.dim() != 4:
+        raise MethodError(
+            f"{method} re-runs layer {layer!r} itself and needs a [B, C, H, W] output, got shape "
+            f"{tuple(t.shape)} (token layers of transformers are not supported by this method yet)"
+        )
+    return t
+
+
 def weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:
     """``Σ_k w[b, k] · A[b, k, :, :]`` → ``[B, h, w]``."""
     return torch.einsum("bk,bkhw->bhw", weights.to(activation.dtype), activation)

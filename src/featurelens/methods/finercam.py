@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from featurelens.errors import MethodError
-from featurelens.methods.base import LayerState, Method, MethodContext, get_method, register
+from featurelens.methods.base import LayerState, Method, MethodContext, get_method, register, require_spatial
 
 
 @register
@@ -71,5 +71,5 @@ class FinerCAM(Method):
             out = cap.forward(ctx.inputs)
             with torch.enable_grad():
                 scores = self.score(out, classes, similar)
-            g = cap.gradients(scores)[layer.name][-1]
+            g = require_spatial(cap.gradients(scores)[layer.name][-1], "Finer-CAM", layer.name)
         return self.base(LayerState(layer.name, layer.activation, g.to(layer.activation.dtype)), ctx)

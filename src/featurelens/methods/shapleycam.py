@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featurelens.errors import MethodError
-from featurelens.methods.base import LayerState, Method, MethodContext, register
+from featurelens.methods.base import LayerState, Method, MethodContext, register, require_spatial
 
 
 @register
@@ -49,7 +49,7 @@ class ShapleyCAM(Method):
 
         with Capture(ctx.model, layer.name) as cap, torch.enable_grad():
             out = cap.forward(ctx.inputs)
-            act = cap.activation(layer.name)
+            act = require_spatial(cap.activation(layer.name), "ShapleyCAM", layer.name)
             scores = self.score(out, ctx)
             if not scores.requires_grad:
                 raise MethodError("ShapleyCAM: the target score does not depend on the layer")
