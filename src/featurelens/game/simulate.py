@@ -69,6 +69,7 @@ class Submission:
     points: int
     idempotency_key: str
     replayed: bool
+    seen_before: bool = False  # a label-only round: the player had seen this photo, the guess scores nothing
 
 
 @dataclass
@@ -211,7 +212,7 @@ class _Player:
             player=self.p.name, round_id=fin["id"], cluster_id=fin["cluster_id"], image_id=fin["image_id"],
             layer=fin["layer"], reveal_step=fin["reveal_step"], guessed_class=fin["guessed_class"] or "",
             correct=bool(fin["correct"]), labels=[x["text"] for x in fin["labels"]], points=int(data["points"]),
-            idempotency_key=key, replayed=bool(data["replayed"])))
+            idempotency_key=key, replayed=bool(data["replayed"]), seen_before=bool(fin.get("label_only", False))))
         return True
 
 

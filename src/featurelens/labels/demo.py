@@ -186,10 +186,12 @@ def play_campaign(
 
     truth: dict[str, dict[str, float]] = {}
     for sub in result.submissions:
-        t = truth.setdefault(sub.cluster_id, {"rounds": 0, "correct": 0, "wrong": 0, "gave_up": 0, "q": 0.0})
+        t = truth.setdefault(sub.cluster_id,
+                             {"rounds": 0, "correct": 0, "wrong": 0, "gave_up": 0, "unknown": 0, "q": 0.0})
         t["rounds"] += 1
         t["q"] += REVEAL_Q[sub.reveal_step]
-        t["gave_up" if not sub.guessed_class else "correct" if sub.correct else "wrong"] += 1
+        outcome = "correct" if sub.correct else "wrong"
+        t["gave_up" if not sub.guessed_class else "unknown" if sub.seen_before else outcome] += 1
     for t in truth.values():
         t["mean_q"] = t.pop("q") / t["rounds"]
     figures = {
