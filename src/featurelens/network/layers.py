@@ -137,6 +137,13 @@ def _trace(model: nn.Module, sample: Tensor) -> list[_Call]:
     return calls
 
 
+def trace_calls(model: nn.Module, sample: Tensor) -> list[_Call]:
+    """Every call of every conv, norm and activation module of ``model`` on ``sample``, in call order:
+    module name, kind (``"conv"``, ``"norm"``, ``"act"``), call number, and the ``(id, version)`` keys of
+    the tensor it consumed and produced (equal keys: the same tensor, unmodified in between)."""
+    return _trace(model, sample)
+
+
 def _unit_name(module: str, call: int, n_calls: dict[str, int]) -> str:
     return module if n_calls[module] == 1 else f"{module}@{call}"
 

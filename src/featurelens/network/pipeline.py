@@ -29,7 +29,8 @@ Cluster-level faithfulness: each kept cluster's top ``effect_fraction`` pixels (
 resolution map) are replaced by a blurred copy of the image (or a constant), and
 ``effect = s(x) − s(x_deleted)`` is the drop of the target score; ``s(x)`` is the score of the
 capture pass, and the deleted variants of all clusters of all images of a batch run through the model
-together in batches of ``effect_batch`` (identical masks of one image run once).
+together in batches of ``effect_batch`` (identical masks of one image run once), on an eval-only copy
+with batch norms folded into the convs (:mod:`featurelens.network.effect_model`).
 
 """
 
@@ -49,6 +50,7 @@ from torch import Tensor, nn
 from featurelens.engine import Capture
 from featurelens.errors import FeaturelensError
 from featurelens.network import clustering as C
+from featurelens.network.effect_model import effect_model
 from featurelens.network.layers import Unit, unit_call
 from featurelens.network.modes import DEFAULT_MODE, MODE_ALIASES, MODES, canonical_mode  # noqa: F401 - re-exported
 from featurelens.network.tsne import TSNEParams, effective_perplexity, spectral_embedding, tsne
@@ -78,9 +80,10 @@ class NetworkParams:
     effect_fraction: float = 0.2
     effect_baseline: Literal["blur", "constant"] = "blur"
     effect_blur_sigma: float = 8.0
-    effect_batch: int = 32
+    effect_batch: int = 8  # deleted variants per forward
     effect_channels_last: bool = True  # run the effect forwards in channels-last memory format (about 2x on CPU)
-    workers: int = 2
+    effect_fuse: bool = True  # effect forwards on an eval-only copy with BN/padding folded into the convs
+    workers: int = 2  # threads of the clustering and of the effect forwards (one torch thread each)
     seed: int = 432
     stability_runs: int = 0
     stability_eps: float = 1e-6
@@ -360,8 +363,12 @@ def batched_effects(
 ) -> list[Tensor]:
     """Deletion effects of every image of ``x`` ``[B, C, H, W]`` at once: ``maps[b]`` ``[N_b, H, W]``,
     ``targets[b]`` its row target, ``base_scores[b]`` its score ``s(x_b)`` (already at hand from the
-    capture pass). All deleted variants run through the model together, ``effect_batch`` at a time;
-    within an image, clusters whose deletion masks are identical share one forward pass."""
+    capture pass). All deleted variants run through the model together, ``effect_batch`` at a time,
+    in ``params.workers`` threads of one torch thread each; within an image, clusters whose deletion
+    masks are identical share one forward pass. The forwards run on
+    :func:`featurelens.network.effect_model.effect_model` (an eval-only copy with batch norms and
+    symmetric padding folded into the convs, channels-last), whose output matches the model's up to
+    float rounding (checked when it is built)."""
     jobs: list[tuple[int, Tensor]] = []  # (image, mask [1, H, W]) of each unique deletion
     where: list[list[int]] = []  # per image: the job of each of its maps
     bases = []
@@ -377,31 +384,26 @@ def batched_effects(
                 jobs.append((b, mask[None]))
             idx.append(seen[key])
         where.append(idx)
-    drops = torch.zeros(len(jobs))
-    with torch.no_grad(), _memory_format(model, params.effect_channels_last and x.ndim == 4) as fmt:
-        for start in range(0, len(jobs), params.effect_batch):
-            chunk = jobs[start: start + params.effect_batch]
+    runner = effect_model(model, x[:1], fuse=params.effect_fuse,
+                          channels_last=params.effect_channels_last and x.ndim == 4)
+    fmt = torch.channels_last if runner is not model and params.effect_channels_last else torch.contiguous_format
+    starts = list(range(0, len(jobs), params.effect_batch))
+
+    def run(start: int) -> list[float]:
+        chunk = jobs[start: start + params.effect_batch]
+        with torch.inference_mode():
             xd = torch.stack([x[b] * (1 - m) + bases[b] * m for b, m in chunk]).contiguous(memory_format=fmt)
-            out = model(xd)
-            for i, (b, _) in enumerate(chunk):
-                score = evaluate_target(targets[b], out[i: i + 1], 1)
-                drops[start + i] = float(base_scores[b]) - float(score[0])
+            out = runner(xd)
+            return [float(base_scores[b]) - float(evaluate_target(targets[b], out[i: i + 1], 1)[0])
+                    for i, (b, _) in enumerate(chunk)]
+
+    if params.workers > 1 and len(starts) > 1 and not runner.training:
+        with _single_threaded_torch(), ThreadPoolExecutor(max_workers=params.workers) as pool:
+            parts = list(pool.map(run, starts))
+    else:
+        parts = [run(s) for s in starts]
+    drops = torch.tensor([d for part in parts for d in part], dtype=torch.float32)
     return [drops[torch.tensor(idx, dtype=torch.long)] if idx else torch.zeros(0) for idx in where]
-
-
-@contextmanager
-def _memory_format(model: nn.Module, channels_last: bool) -> Iterator[torch.memory_format]:
-    """Run ``model`` in channels-last format inside the block (4-D parameters converted and restored)."""
-    if not channels_last:
-        yield torch.contiguous_format
-        return
-    saved = [(p, p.data) for p in model.parameters() if p.ndim == 4]
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield torch.channels_last
-    finally:
-        for p, data in saved:  # the very tensors (and strides) the model had before
-            p.data = data
 
 
 class _RowTarget:
