@@ -80,7 +80,7 @@ class NetworkParams:
     effect_fraction: float = 0.2
     effect_baseline: Literal["blur", "constant"] = "blur"
     effect_blur_sigma: float = 8.0
-    effect_batch: int = 8  # deleted variants per forward
+    effect_batch: int = 4  # deleted variants per forward (small chunks: two single-threaded workers)
     effect_channels_last: bool = True  # run the effect forwards in channels-last memory format (about 2x on CPU)
     effect_fuse: bool = True  # effect forwards on an eval-only copy with BN/padding folded into the convs
     workers: int = 2  # threads of the clustering and of the effect forwards (one torch thread each)
