@@ -2,7 +2,7 @@
 
 ``bench_network.py`` compares the fast mode with the faithful mode by the adjusted Rand index (ARI).
 This script measures the ceiling that comparison lives under. For every (image, layer) of
-EfficientNet-Lite0 on offline photos (default: 4 photos × the 25 default layers), with the faithful
+EfficientNet-Lite0 on offline photos (default: 4 photos × the 17 default layers), with the faithful
 mode's float32 clustering ``R`` as the reference:
 
 * ``perturbed``  – the faithful mode re-run ``--runs`` times on the same kept maps multiplied by
@@ -30,7 +30,7 @@ kept cluster map of the other clustering, averaged with the cluster weights ``w_
 Every figure is a median over layers (means in brackets). Runs single-threaded per clustering, two
 clusterings in parallel threads.
 
-    python benchmarks/bench_network_stability.py                 # 4 photos x 25 layers, 8 runs
+    python benchmarks/bench_network_stability.py                 # 4 photos x 17 layers, 8 runs
     python benchmarks/bench_network_stability.py --images 8 --runs 10
     python benchmarks/bench_network_stability.py --quick         # 1 photo x 4 layers, 3 runs
 """
