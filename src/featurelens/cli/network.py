@@ -60,12 +60,14 @@ def run_network(args: argparse.Namespace) -> int:
     from featurelens.network.build import LoadModel, build_dataset_bundle
     from featurelens.network.datasets import resolve_classes
     from featurelens.network.layers import resolve_units
+    from featurelens.network.locking import BundleLock
     from featurelens.network.pipeline import NetworkParams
     from featurelens.network.viewer import write_viewer
 
+    out = Path(args.out)
+    BundleLock(out).check()  # another run writing into --out: refuse before loading anything
     dataset = read_selection(args)
     print(f"dataset: {dataset.summary()}", file=sys.stderr)
-    out = Path(args.out)
     if args.format == 2 and (args.resume or args.ray or args.ray_address):
         raise FeaturelensError("--resume, --ray and --ray-address write the sharded layout; drop --format 2")
     if (out / "bundle.json").exists() and not args.resume:
@@ -155,6 +157,15 @@ def run_validate(args: argparse.Namespace) -> int:
             print(f"{args.bundle}: {p}", file=sys.stderr)
         return 1
     print(f"{args.bundle}: valid bundle")
+    return 0
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    from featurelens.network.bundle import upgrade_bundle
+
+    bundle = upgrade_bundle(args.old, args.new, shard_size=args.shard_size, encoding=args.encoding)
+    print(f"wrote {args.new}: version-3 bundle of {len(bundle.images)} images "
+          f"({sum(len(im.clusters) for im in bundle.images)} clusters) from {args.old}")
     return 0
 
 
@@ -251,6 +262,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     v = bsub.add_parser("validate", help="check a bundle against its schema (exit 1 when invalid)")
     v.add_argument("bundle", help="bundle folder or its bundle.json")
     v.set_defaults(func=run_validate)
+    u = bsub.add_parser("upgrade", help="convert a version-1 or -2 bundle into a new version-3 (sharded) bundle")
+    u.add_argument("old", help="the bundle folder to read (left unchanged)")
+    u.add_argument("new", help="an empty folder for the version-3 bundle")
+    u.add_argument("--shard-size", type=positive_int, default=64, metavar="N", help="images per shard")
+    u.add_argument("--encoding", choices=["float16", "uint8"], default="float16")
+    u.set_defaults(func=run_upgrade)
     w = bsub.add_parser("view", help="write the static HTML viewer into the bundle and print its path")
     w.add_argument("bundle", help="bundle folder")
     w.set_defaults(func=run_view)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from featurelens.errors import FeaturelensError
 from featurelens.imaging import as_pil
-from featurelens.network.bundle import Bundle, BundleWriter, safe_name, write_manifest
+from featurelens.network.bundle import METHOD_KEYS, Bundle, BundleWriter, safe_name, write_manifest
 from featurelens.network.layers import Unit, resolve_units
 from featurelens.network.pipeline import NetworkParams, add_timing, explain_network
 from featurelens.targets import ClassTarget, Predicted, TargetLike, as_target
@@ -283,6 +283,7 @@ _RESUME_KEYS = ("model", "target", "class_names", "method", "storage")
 
 def _comparable(header: dict[str, Any]) -> dict[str, Any]:
     out = {k: header.get(k) for k in _RESUME_KEYS}
+    out["method"] = {k: (header.get("method") or {}).get(k) for k in METHOD_KEYS}
     out["params"] = {k: v for k, v in (header.get("params") or {}).items() if k not in ("workers",)}
     return json.loads(json.dumps(out))
 

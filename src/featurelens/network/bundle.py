@@ -78,6 +78,7 @@ VERSION = 3  # what `featurelens network` writes: the sharded layout
 SUPPORTED_VERSIONS = (1, 2, 3)
 FILE_VERSION = 2  # what :class:`BundleWriter` writes: a file per map, PNGs and overlays
 SHARD_DIR = "shards"
+IMAGE_MAP_SUFFIX = "#image"  # v3 shard map name of stored image-resolution maps (upgrades only, see upgrade_bundle)
 METHOD_KEYS = ("mode", "prune_rule", "cluster_map_rule", "smooth_sigma")
 
 
@@ -242,6 +243,14 @@ class Bundle:
 
         from featurelens.network.clustering import finish_map
 
+        stored = self._record(im).maps.get(f"{cluster.layer}{IMAGE_MAP_SUFFIX}")
+        if stored is not None:  # an upgraded bundle whose image maps were not made from its feature maps
+            m = np.clip(stored[cluster.index], 0.0, 1.0).astype(np.float32)
+            if m.shape != size:
+                from featurelens.imaging import resize_map_np
+
+                m = np.clip(resize_map_np(m, size), 0.0, 1.0).astype(np.float32)
+            return m
         fmap = torch.from_numpy(self.load_map(cluster))
         return finish_map(fmap, size, self.method.get("smooth_sigma")).numpy().astype(np.float32)
 
@@ -837,3 +846,67 @@ def write_manifest(
     tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
     tmp.replace(root / "bundle.json")
     return _from_dict(data, root)
+
+
+def upgrade_bundle(src: str | Path, dst: str | Path, *, shard_size: int = 64, encoding: str = "float16",
+                   display_size: int = 256, tolerance: float = 2.0 / 255.0) -> Bundle:
+    """Convert a version-1 or -2 bundle at ``src`` into a new version-3 bundle at ``dst``.
+
+    Per image: its stored photo becomes the display image, each layer's cluster maps (``.npy``) one
+    stack in a shard; the metadata (classes, scores, weights, effects, layer stats) is kept as it is.
+    The image-resolution maps of v3 are rendered from the feature maps; where a stored PNG differs from
+    that rendering by more than ``tolerance`` (maps not made by this pipeline, or v1's smoothing), the
+    image-resolution maps of that layer are stored too (shard map ``<layer>#image``), so that
+    :meth:`Bundle.load_image_map` gives back the PNG's values.
+    """
+    import torch
+
+    from featurelens.network.clustering import finish_map
+    from featurelens.network.locking import BundleLock
+    from featurelens.network.shards import ImageRecord, write_shard
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BundleUpgradeWarning)
+        old = load_bundle(src)
+    if old.version >= 3:
+        raise BundleError(f"{src} is already a version-{old.version} bundle")
+    dst = Path(dst)
+    if (dst / "bundle.json").exists():
+        raise BundleError(f"{dst} already holds a bundle; choose an empty output folder")
+    layers = [asdict(layer) for layer in old.layers]
+    with BundleLock(dst):
+        for start in range(0, len(old.images), shard_size):
+            records = []
+            for im in old.images[start: start + shard_size]:
+                maps: dict[str, np.ndarray] = {}
+                for layer in dict.fromkeys(c.layer for c in im.clusters):
+                    cl = {c.index: c for c in im.clusters if c.layer == layer}
+                    first = old.load_map(next(iter(cl.values())))
+                    stack = np.zeros((max(cl) + 1, *first.shape), np.float32)
+                    images = np.zeros((max(cl) + 1, im.height, im.width), np.float32)
+                    exact = True
+                    for k, c in cl.items():
+                        stack[k] = old.load_map(c)
+                        images[k] = old.load_image_map(c)
+                        again = finish_map(torch.from_numpy(stack[k]), (im.height, im.width),
+                                           old.method.get("smooth_sigma")).numpy()
+                        exact = exact and float(np.abs(again - images[k]).max()) <= tolerance
+                    maps[layer] = stack
+                    if not exact:
+                        maps[f"{layer}{IMAGE_MAP_SUFFIX}"] = images
+                meta = image_meta(
+                    source=im.source, width=im.width, height=im.height, predicted_class=im.predicted_class,
+                    predicted_index=im.predicted_index, score=im.score, true_class=im.true_class,
+                    layer_stats=im.layer_stats, layers=layers,
+                    clusters=[{"layer": c.layer, "index": c.index, "channels": c.channels, "weight": c.weight,
+                               "effect": c.effect} for c in im.clusters],
+                )
+                records.append(ImageRecord(im.id, meta, maps, old.display_image(im)))
+            write_shard(dst / SHARD_DIR, f"u{start // shard_size:05d}", records, encoding=encoding,  # type: ignore[arg-type]
+                        display_size=display_size)
+        header = {"model": old.model, "target": old.target, "class_names": old.class_names, "params": old.params,
+                  "method": old.method, "created": old.created,
+                  "storage": {"shards": SHARD_DIR, "encoding": encoding, "display_size": int(display_size),
+                              "images_per_shard": int(shard_size)},
+                  "dataset": {"upgraded_from": old.upgraded_from or old.version, "source": str(src)}}
+        return write_manifest(dst, header, order=[im.id for im in old.images])
