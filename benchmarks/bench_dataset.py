@@ -86,8 +86,8 @@ def main() -> None:
             out = tmp / run
             c0 = time.process_time()
             t0 = time.perf_counter()
-            result = build_dataset_bundle(spec, dataset, out, layers=units, params=params, executor=executor,
-                                          factory=factory, shard_size=args.shard_size)
+            build_dataset_bundle(spec, dataset, out, layers=units, params=params, executor=executor,
+                                 factory=factory, shard_size=args.shard_size)
             wall = time.perf_counter() - t0
             driver_cpu = time.process_time() - c0
             store = ShardStore(out / "shards")
@@ -120,7 +120,7 @@ def main() -> None:
             print(f"Ray 2 workers over in-process: {fig['speedup_ray2_over_inprocess']:.2f}x")
         base = next(iter(contents))
         same = True
-        for run, c in contents.items():
+        for c in contents.values():
             for iid, cl in c.items():
                 ref = contents[base][iid]
                 same &= [x[0] for x in cl] == [x[0] for x in ref] and all(
