@@ -101,12 +101,15 @@ def main() -> None:
                 "work_s_per_image": round(sum(c["seconds"] for c in costs) / n, 3),
                 "processes": len({c["pid"] for c in costs}),
                 "bytes_per_image": round(nbytes / n), "files_per_image": round(nfiles / n, 3),
+                "manifest_bytes_per_image": round((out / "bundle.json").stat().st_size / n),
+                "json_bytes_per_image": round(sum(q.stat().st_size for q in out.rglob("*.json")) / n),
             }
             r = fig["runs"][run]
             print(f"{run:9s}: {r['wall_s']:7.1f} s wall, {r['images_per_s']:.3f} images/s, "
                   f"{r['cpu_s_per_image']:.2f} CPU s/image, {r['work_s_per_image']:.2f} s/image in the workers "
                   f"({r['processes']} process(es)); {r['bytes_per_image'] / 1e3:.0f} KB and "
-                  f"{r['files_per_image']:.2f} files per image")
+                  f"{r['files_per_image']:.2f} files per image ({r['manifest_bytes_per_image'] / 1e3:.0f} KB of bundle.json, "
+                  f"{r['json_bytes_per_image'] / 1e3:.0f} KB of JSON in all)")
             b = load_bundle(out)
             contents[run] = {im.id: [(c.channels, c.weight, c.effect, b.load_map(c)) for c in im.clusters]
                              for im in b.images}
