@@ -122,13 +122,24 @@ def main() -> None:
             fig["speedup_ray2_over_inprocess"] = round(runs["ray2"]["images_per_s"] / runs["inprocess"]["images_per_s"], 3)
             print(f"Ray 2 workers over in-process: {fig['speedup_ray2_over_inprocess']:.2f}x")
         base = next(iter(contents))
-        same = True
-        for c in contents.values():
+        fig["agreement_with_" + base] = {}
+        for run, c in contents.items():
+            differ, max_w, max_e, max_m = [], 0.0, 0.0, 0.0
             for iid, cl in c.items():
                 ref = contents[base][iid]
-                same &= [x[0] for x in cl] == [x[0] for x in ref] and all(
-                    np.allclose(x[1], y[1], rtol=1e-4) and np.allclose(x[2], y[2], atol=1e-3)
-                    and np.allclose(x[3], y[3], atol=2e-3) for x, y in zip(cl, ref))
+                if [x[0] for x in cl] != [x[0] for x in ref]:
+                    differ.append(iid)
+                    continue
+                for x, y in zip(cl, ref):
+                    max_w = max(max_w, abs(x[1] - y[1]))
+                    max_e = max(max_e, abs((x[2] or 0.0) - (y[2] or 0.0)))
+                    max_m = max(max_m, float(np.abs(x[3] - y[3]).max()))
+            fig["agreement_with_" + base][run] = {"images_with_other_clusters": differ, "max_weight_diff": max_w,
+                                                  "max_effect_diff": max_e, "max_map_diff": max_m}
+            print(f"{run} vs {base}: images whose clusters differ {differ or 'none'}; otherwise max |diff| "
+                  f"weight {max_w:.1e}, effect {max_e:.1e}, map {max_m:.1e}")
+        same = all(not v["images_with_other_clusters"] and v["max_weight_diff"] < 1e-3 and v["max_effect_diff"] < 1e-3
+                   and v["max_map_diff"] < 2e-3 for v in fig["agreement_with_" + base].values())
         fig["same_content"] = bool(same)
         print(f"same clusters, weights, effects and maps in every run: {same}")
     fig["uptime_after"] = uptime()

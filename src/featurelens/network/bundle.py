@@ -1,6 +1,14 @@
 """The explanation bundle: a folder that later tools read without the model.
 
-Layout (schema ``featurelens.network-bundle``, version 2)::
+Version 3 (what ``featurelens network`` writes, :func:`write_manifest`): ``bundle.json`` (the version-2
+keys below, without the per-cluster file names, plus ``storage``, ``dataset``, ``skipped``,
+``complete``, and ``shard``/``label`` per image) and ``shards/<key>.npz`` + ``<key>.json``
+(:mod:`featurelens.network.shards`): per image its display photo once and each layer's cluster maps at
+feature resolution; image-resolution maps and overlays are rendered on demand
+(:meth:`Bundle.load_image_map`, :meth:`Bundle.overlay_image`, :meth:`Bundle.display_image`, which
+work for every version). See ``docs/bundle.md``. :func:`upgrade_bundle` converts v1/v2 to v3.
+
+Layout of version 2 (:class:`BundleWriter`, ``featurelens network --format 2``)::
 
     BUNDLE/
       bundle.json                       # the manifest, see below
