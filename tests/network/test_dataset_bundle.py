@@ -35,6 +35,8 @@ def tree(tmp_path_factory, photos):
         (root / folder).mkdir(exist_ok=True)
         im.save(root / folder / name)
     (root / "tabby_cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    data = (root / "tabby_cat" / "chelsea.jpg").read_bytes()
+    (root / "tabby_cat" / "truncated.jpg").write_bytes(data[: len(data) // 3])  # a valid header: fails in the worker
     (root / "notes.txt").write_text("not an image")
     return root
 
@@ -85,7 +87,8 @@ def test_dataset_tree_classes_skipped_and_content_equal_to_the_pipeline(tree, re
     assert any("'spaceship'" in p for p in problems)
     # the broken image and the stray file are skipped and listed, not fatal
     where = {Path(s["where"]).name: s["reason"] for s in data["skipped"]}
-    assert set(where) == {"broken.jpg", "notes.txt"} and "not an image" in where["broken.jpg"]
+    assert set(where) == {"broken.jpg", "notes.txt", "truncated.jpg"} and "not an image" in where["broken.jpg"]
+    assert "truncated" in where["truncated.jpg"]  # found by the worker while decoding, listed all the same
     # the layout: bundle.json + 2 files per shard of 2 images; no file per map
     files = sorted(p.relative_to(reference).as_posix() for p in reference.rglob("*") if p.is_file())
     assert len([f for f in files if f.startswith("shards/")]) == 6 and not any(f.endswith(".png") for f in files)
@@ -117,11 +120,12 @@ def test_dataset_tree_classes_skipped_and_content_equal_to_the_pipeline(tree, re
     cmap.write_text("label,class\nspaceship,space shuttle\nnot_a_class,812\n")
     out = tree.parent / "sel"
     args = ["network", str(tree), *LAYERS, "--no-effect", "--per-class", "1", "--limit", "3", "--select-seed", "1",
-            "--class-map", str(cmap), "--out", str(out), "--quiet", "--no-viewer"]
+            "--class-map", str(cmap), "--check-images", "--out", str(out), "--quiet", "--no-viewer"]
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "skipped 2 file(s)" in err and "broken.jpg" in err and "matches no class" not in err
     sel = load_bundle(out)
+    assert f"skipped {len(sel.skipped)} file(s)" in err and "notes.txt" in err and "matches no class" not in err
+    assert all(s["where"] in err for s in sel.skipped)
     assert len(sel.images) == 3 and len({im.label for im in sel.images}) == 3
     assert all(im.true_class is not None for im in sel.images)
     mapped = {"spaceship": "space shuttle", "not_a_class": lite0.class_names[812]}
