@@ -347,7 +347,7 @@ def build_dataset_bundle(
         true_class = None
         if it.label is not None:
             true_class = classes.true_class(it.label)[0] if classes is not None else it.label
-        work.append((image_id, (str(it.path), it.label, true_class)))
+        work.append((image_id, (str(Path(it.path).absolute()), it.label, true_class)))  # workers may run elsewhere
     header = {
         "model": {"name": spec.name, "input_size": list(spec.input_size)},
         "target": describe_target(tgt),
