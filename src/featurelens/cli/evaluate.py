@@ -97,6 +97,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--out", "-o", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT}/)"
     )
+    r = p.add_argument_group("distributed (classifier mode)")
+    r.add_argument("--ray", action="store_true", help="evaluate batches of images on a local Ray instance")
+    r.add_argument("--ray-address", default=None, metavar="ADDR", help="join a running Ray cluster (HEAD:6379)")
+    r.add_argument("--ray-workers", type=positive_int, default=None, metavar="N",
+                   help="Ray workers, one CPU and one torch thread each (default: the CPUs of this machine)")
+    r.add_argument("--images-per-batch", type=positive_int, default=8, metavar="N",
+                   help="images per Ray task (default: %(default)s)")
     p.set_defaults(func=run)
 
 
@@ -143,9 +150,14 @@ def run(args: argparse.Namespace) -> int:
 
         spec = common.load_spec(args.model, trust=args.trust)
         layers = common.layer_names_for(spec, [args.layer] if args.layer else None)
-        bar = common.progress_bar(len(methods) + 2, desc="evaluating", unit="method")
+        if args.ray or args.ray_address:
+            if args.boxes:
+                raise FeaturelensError("--boxes (the pointing metrics) is not available with --ray")
+            run_result = _on_ray(args, methods, metrics, layers[0])
+        bar = common.progress_bar(0 if args.ray or args.ray_address else len(methods) + 2, desc="evaluating",
+                                  unit="method")
         try:
-            run_result = evaluate_classifier_folder(
+            run_result = run_result if args.ray or args.ray_address else evaluate_classifier_folder(
                 spec,
                 folder,
                 methods,
@@ -175,6 +187,19 @@ def run(args: argparse.Namespace) -> int:
     common.echo(line)
     common.echo(f"wrote {len(files)} files to {out}/ (summary: {files['html']})")
     return 0
+
+
+def _on_ray(args: argparse.Namespace, methods: list[str], metrics: list[str], layer: str):  # type: ignore[no-untyped-def]
+    """Batches of the folder's images on Ray workers (:mod:`featurelens.metrics.distributed`)."""
+    from featurelens.metrics.distributed import evaluate_folder_batched
+    from featurelens.network.executor import make_executor
+
+    executor = make_executor(True, address=args.ray_address, workers=args.ray_workers, cpus_per_worker=1.0)
+    return evaluate_folder_batched(
+        args.model, args.images, methods, metrics, executor=executor, images_per_batch=args.images_per_batch,
+        trust=args.trust, threads=1, layer=layer, steps=args.steps, baseline=args.baseline,
+        batch_size=args.batch_size, scorecam_top_n=args.scorecam_top_n, road_percentiles=args.road_percentiles,
+        progress=True)
 
 
 def _similarity(args: argparse.Namespace, metrics: list[str]):  # type: ignore[no-untyped-def]

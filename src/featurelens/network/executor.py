@@ -237,7 +237,11 @@ class RayExecutor:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, **self.init_kwargs}
         if self.address:
             kwargs.pop("include_dashboard")
-            ray.init(address=self.address, **kwargs)
+            try:
+                ray.init(address=self.address, **kwargs)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise ExecutorError(f"cannot join the Ray cluster at {self.address}: {_first_line(exc)} "
+                                    "(start it with `ray start --head`)") from None
         else:
             # "local": a new instance even if a `ray start` cluster on this machine left its address behind
             ray.init(address="local", num_cpus=max(1, round(self.workers * self.cpus_per_worker)), **kwargs)
