@@ -180,7 +180,7 @@ def test_a_version_1_bundle_loads_upgraded_with_a_message_and_v2_is_checked(tmp_
     assert validate_dict(v2, check_files=False) == ["images[0].layer_stats[0]: missing key 'kept_channels'"]
     v2["images"][0]["layer_stats"][0]["kept_channels"] = 5
     assert validate_dict(v2, check_files=False) == []
-    for bad in (3, True, "2"):
+    for bad in (4, True, "2"):
         assert "is not supported" in validate_dict(dict(v2, version=bad), check_files=False)[0]
 
 

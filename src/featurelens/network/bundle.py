@@ -74,8 +74,11 @@ from PIL import Image
 from featurelens.errors import BundleError
 
 SCHEMA = "featurelens.network-bundle"
-VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+VERSION = 3  # what `featurelens network` writes: the sharded layout
+SUPPORTED_VERSIONS = (1, 2, 3)
+FILE_VERSION = 2  # what :class:`BundleWriter` writes: a file per map, PNGs and overlays
+SHARD_DIR = "shards"
+IMAGE_MAP_SUFFIX = "#image"  # v3 shard map name of stored image-resolution maps (upgrades only, see upgrade_bundle)
 METHOD_KEYS = ("mode", "prune_rule", "cluster_map_rule", "smooth_sigma")
 
 
@@ -99,9 +102,9 @@ class Cluster:
     channels: list[int]
     weight: float
     effect: float | None
-    map_npy: str
-    map_png: str
-    overlay_png: str
+    map_npy: str | None = None  # v1/v2 only; None in v3 (maps live in the image's shard)
+    map_png: str | None = None  # v1/v2 only; v3 renders it on demand (Bundle.load_image_map)
+    overlay_png: str | None = None  # v1/v2 only; v3 renders it on demand (Bundle.overlay_image)
 
     @property
     def size(self) -> int:
@@ -121,6 +124,8 @@ class BundleImage:
     score: float
     clusters: list[Cluster] = field(default_factory=list)
     layer_stats: list[dict[str, Any]] = field(default_factory=list)
+    shard: str | None = None  # v3: key of the shard holding its display image and maps
+    label: str | None = None  # v3: the dataset's raw label (``true_class`` is the matched model class)
 
 
 @dataclass
@@ -147,6 +152,11 @@ class Bundle:
     version: int = VERSION
     method: dict[str, Any] = field(default_factory=dict)
     upgraded_from: int | None = None  # 1 when a version-1 bundle was read and upgraded in memory
+    storage: dict[str, Any] = field(default_factory=dict)  # v3: {"shards", "encoding", "display_size"}
+    dataset: dict[str, Any] = field(default_factory=dict)  # v3: how the images were chosen, label problems
+    skipped: list[dict[str, str]] = field(default_factory=list)  # v3: files left out, {"where", "reason"}
+    complete: bool = True  # v3: False while a run is writing it (or was killed: resume it)
+    _records: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- access helpers -------------------------------------------------
     def layer_stat_values(self, key: str) -> list[float]:
@@ -172,17 +182,104 @@ class Bundle:
     def path(self, rel: str) -> Path:
         return self.root / rel
 
-    def load_map(self, cluster: Cluster) -> np.ndarray:
-        """The cluster map at feature resolution (float32, [0, 1])."""
-        return np.load(self.path(cluster.map_npy))
+    @property
+    def sharded(self) -> bool:
+        """True for the v3 layout (maps and display images in shards, rendered on demand)."""
+        return self.version >= 3
 
-    def load_image_map(self, cluster: Cluster) -> np.ndarray:
-        """The cluster map at image resolution (float32, [0, 1])."""
-        with Image.open(self.path(cluster.map_png)) as im:
-            return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    def image_of(self, cluster: Cluster) -> BundleImage:
+        """The image a cluster belongs to (its id is ``<image_id>/<layer>/<index>``)."""
+        return self.image(cluster.id.removesuffix(f"/{cluster.layer}/{cluster.index}"))
+
+    def _shard_records(self, key: str) -> dict[str, Any]:
+        """The decoded records of shard ``key`` (the last few shards read are kept in memory)."""
+        from featurelens.network.shards import ShardStore
+
+        if key not in self._records:
+            if len(self._records) >= 4:
+                self._records.pop(next(iter(self._records)))
+            store = ShardStore(self.root / self.storage.get("shards", SHARD_DIR))
+            try:
+                self._records[key] = {r.image_id: r for r in store.read_shard(key)}
+            except (OSError, KeyError, ValueError) as exc:
+                raise BundleError(f"{self.root}: shard {key} cannot be read ({exc})") from None
+        return self._records[key]
+
+    def _record(self, image: BundleImage) -> Any:
+        rec = self._shard_records(str(image.shard)).get(image.id)
+        if rec is None:
+            raise BundleError(f"{self.root}: image {image.id!r} is not in its shard {image.shard}")
+        return rec
+
+    def load_map(self, cluster: Cluster) -> np.ndarray:
+        """The cluster map at feature resolution (float32, [0, 1]; v3: to float16 precision)."""
+        if not self.sharded:
+            return np.load(self.path(str(cluster.map_npy)))
+        rec = self._record(self.image_of(cluster))
+        stack = rec.maps.get(cluster.layer)
+        if stack is None or cluster.index >= stack.shape[0]:
+            raise BundleError(f"{self.root}: no map for cluster {cluster.id!r} in shard {self.image_of(cluster).shard}")
+        return np.array(stack[cluster.index], dtype=np.float32)
+
+    def load_image_map(self, cluster: Cluster, size: tuple[int, int] | None = None) -> np.ndarray:
+        """The cluster map at image resolution ``size`` = (H, W) (default: the image's ``height, width``,
+        the model input size), float32 in [0, 1].
+
+        v1/v2 read the stored 8-bit PNG (resized bilinearly if ``size`` differs); v3 renders it from the
+        feature-resolution map exactly as the pipeline does (bilinear upsampling, min-max, the bundle's
+        ``method.smooth_sigma`` Gaussian smoothing, min-max: :func:`featurelens.network.clustering.finish_map`).
+        """
+        im = self.image_of(cluster)
+        size = (im.height, im.width) if size is None else (int(size[0]), int(size[1]))
+        if not self.sharded:
+            with Image.open(self.path(str(cluster.map_png))) as png:
+                m = np.asarray(png.convert("L"), dtype=np.float32) / 255.0
+            if m.shape != size:
+                from featurelens.imaging import resize_map_np
+
+                m = np.clip(resize_map_np(m, size), 0.0, 1.0).astype(np.float32)
+            return m
+        import torch
+
+        from featurelens.network.clustering import finish_map
+
+        stored = self._record(im).maps.get(f"{cluster.layer}{IMAGE_MAP_SUFFIX}")
+        if stored is not None:  # an upgraded bundle whose image maps were not made from its feature maps
+            m = np.clip(stored[cluster.index], 0.0, 1.0).astype(np.float32)
+            if m.shape != size:
+                from featurelens.imaging import resize_map_np
+
+                m = np.clip(resize_map_np(m, size), 0.0, 1.0).astype(np.float32)
+            return m
+        fmap = torch.from_numpy(self.load_map(cluster))
+        return finish_map(fmap, size, self.method.get("smooth_sigma")).numpy().astype(np.float32)
+
+    def display_image(self, image: BundleImage | str) -> Image.Image:
+        """The photo as stored for display (RGB PIL): v1/v2 the PNG at model input size, v3 the shard's
+        JPEG (the model's view, longest side at most ``storage.display_size``)."""
+        im = self.image(image) if isinstance(image, str) else image
+        if not self.sharded:
+            with Image.open(self.path(im.file)) as f:
+                return f.convert("RGB")
+        out = self._record(im).display_image()
+        if out is None:
+            raise BundleError(f"{self.root}: image {im.id!r} has no display image in its shard")
+        return out
+
+    def overlay_image(self, cluster: Cluster, alpha: float = 0.5, colormap: str = "jet") -> Image.Image:
+        """The cluster map over the display photo (RGB PIL, display size). v1/v2 with default arguments
+        read the stored overlay PNG; otherwise it is rendered (:func:`featurelens.imaging.overlay`)."""
+        from featurelens.imaging import overlay
+
+        if not self.sharded and cluster.overlay_png and alpha == 0.5 and colormap == "jet":
+            with Image.open(self.path(cluster.overlay_png)) as f:
+                return f.convert("RGB")
+        photo = self.display_image(self.image_of(cluster))
+        m = self.load_image_map(cluster, size=(photo.height, photo.width))
+        return Image.fromarray(overlay(photo, m, alpha=alpha, colormap=colormap))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema": SCHEMA,
             "version": self.version,
             "created": self.created,
@@ -192,8 +289,24 @@ class Bundle:
             "params": self.params,
             "method": self.method,
             "layers": [asdict(layer) for layer in self.layers],
-            "images": [asdict(im) for im in self.images],
+            "images": [_image_dict(im, self.version) for im in self.images],
         }
+        if self.version >= 3:
+            out.update(storage=self.storage, dataset=self.dataset, skipped=self.skipped, complete=self.complete)
+        return out
+
+
+_V3_CLUSTER_SKIP = ("map_npy", "map_png", "overlay_png")
+
+
+def _image_dict(im: BundleImage, version: int) -> dict[str, Any]:
+    d = asdict(im)
+    if version >= 3:
+        d["clusters"] = [{k: v for k, v in c.items() if k not in _V3_CLUSTER_SKIP} for c in d["clusters"]]
+    else:
+        d.pop("shard")
+        d.pop("label")
+    return d
 
 
 # ---------------------------------------------------------------------------
@@ -277,7 +390,10 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
             if image_id in image_ids:
                 errors.append(f"{where}.id: duplicate image id {image_id!r}")
             image_ids.add(image_id)
-        files = [_req(im, "file", str, where, errors)]
+        files = [_req(im, "file", str, where, errors)] if version < 3 else []
+        if version >= 3:
+            _req(im, "file", str, where, errors)
+            _req(im, "shard", str, where, errors)
         _req(im, "source", str, where, errors)
         _req(im, "width", int, where, errors)
         _req(im, "height", int, where, errors)
@@ -309,7 +425,8 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
             effect = _req(c, "effect", (int, float), cw, errors, nullable=True)
             if effect is not None and not math.isfinite(effect):
                 errors.append(f"{cw}.effect: must be finite or null")
-            files += [_req(c, key, str, cw, errors) for key in ("map_npy", "map_png", "overlay_png")]
+            if version < 3:
+                files += [_req(c, key, str, cw, errors) for key in ("map_npy", "map_png", "overlay_png")]
         stats = im.get("layer_stats") if isinstance(im, dict) else None
         if stats is not None and not (isinstance(stats, list) and all(isinstance(st, dict) for st in stats)):
             errors.append(f"{where}.layer_stats: expected a list of objects")
@@ -326,6 +443,54 @@ def validate_dict(data: Any, root: Path | None = None, check_files: bool = True)
             for rel in files:
                 if rel is not None and not (root / rel).is_file():
                     errors.append(f"{where}: file {rel!r} is missing from the bundle")
+    if version >= 3:
+        storage = _req(data, "storage", dict, "bundle", errors)
+        if storage is not None:
+            _req(storage, "shards", str, "storage", errors)
+            _req(storage, "encoding", str, "storage", errors)
+        skipped = data.get("skipped", [])
+        if not (isinstance(skipped, list) and all(isinstance(x, dict) and isinstance(x.get("where"), str)
+                                                  for x in skipped)):
+            errors.append("skipped: expected a list of {where, reason} objects")
+        if not isinstance(data.get("complete", True), bool):
+            errors.append("complete: expected true or false")
+        if root is not None and check_files and storage is not None and not errors:
+            errors += _check_shard_refs(data, root / str(storage.get("shards", SHARD_DIR)))
+    return errors
+
+
+def _check_shard_refs(data: dict[str, Any], shard_root: Path) -> list[str]:
+    """v3: every image is in the index of its shard, with one map per cluster at its layer's size."""
+    from featurelens.network.shards import ShardStore
+
+    errors: list[str] = []
+    store = ShardStore(shard_root)
+    sizes = {layer["name"]: list(layer["feature_size"]) for layer in data["layers"]}
+    entries: dict[str, dict[str, Any]] = {}
+    for key in sorted({im["shard"] for im in data["images"]}):
+        if not (shard_root / f"{key}.json").is_file():
+            errors.append(f"shard {key}: {shard_root.name}/{key}.json is missing from the bundle")
+            continue
+        try:
+            entries[key] = {e["id"]: e for e in store.index(key)["images"]}
+        except (BundleError, KeyError, TypeError) as exc:
+            errors.append(f"shard {key}: {exc}")
+    for i, im in enumerate(data["images"]):
+        if im["shard"] not in entries:
+            continue
+        entry = entries[im["shard"]].get(im["id"])
+        if entry is None:
+            errors.append(f"images[{i}]: image {im['id']!r} is not in shard {im['shard']}")
+            continue
+        per_layer: dict[str, int] = {}
+        for c in im["clusters"]:
+            per_layer[c["layer"]] = max(per_layer.get(c["layer"], 0), c["index"] + 1)
+        for layer, n in per_layer.items():
+            spec = entry.get("maps", {}).get(layer)
+            shape = None if spec is None else list(spec.get("shape", []))
+            if shape is None or len(shape) != 3 or shape[0] < n or shape[1:] != sizes.get(layer):
+                errors.append(f"images[{i}]: shard {im['shard']} holds maps {shape} for layer {layer!r}, "
+                              f"expected [{n}, {', '.join(map(str, sizes.get(layer, [])))}]")
     return errors
 
 
@@ -351,8 +516,9 @@ def _from_dict(data: dict[str, Any], root: Path) -> Bundle:
         data = upgrade_v1(data)
     images = []
     for im in data["images"]:
-        clusters = [Cluster(**{k: c[k] for k in Cluster.__dataclass_fields__}) for c in im["clusters"]]
-        fields = {k: im[k] for k in BundleImage.__dataclass_fields__ if k not in ("clusters", "layer_stats")}
+        clusters = [Cluster(**{k: c[k] for k in Cluster.__dataclass_fields__ if k in c}) for c in im["clusters"]]
+        fields = {k: im[k] for k in BundleImage.__dataclass_fields__
+                  if k not in ("clusters", "layer_stats") and k in im}
         images.append(BundleImage(**fields, clusters=clusters, layer_stats=list(im.get("layer_stats") or [])))
     return Bundle(
         root=root,
@@ -366,6 +532,10 @@ def _from_dict(data: dict[str, Any], root: Path) -> Bundle:
         version=data["version"],
         method=dict(data.get("method") or {}),
         upgraded_from=upgraded_from,
+        storage=dict(data.get("storage") or {}),
+        dataset=dict(data.get("dataset") or {}),
+        skipped=list(data.get("skipped") or []),
+        complete=bool(data.get("complete", True)),
     )
 
 
@@ -386,7 +556,7 @@ def load_bundle(path: str | Path, check_files: bool = True) -> Bundle:
     bundle = _from_dict(data, manifest.parent)
     if bundle.upgraded_from is not None:
         warnings.warn(f"{manifest.parent}: a version-{bundle.upgraded_from} bundle (raw conv outputs), read as "
-                      f"version {VERSION}", BundleUpgradeWarning, stacklevel=2)
+                      f"version {FILE_VERSION}", BundleUpgradeWarning, stacklevel=2)
     return bundle
 
 
@@ -400,7 +570,27 @@ def validate_bundle(path: str | Path) -> list[str]:
         return [f"{path}: no bundle.json"]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return [f"{manifest}: {exc}"]
-    return validate_dict(data, manifest.parent)
+    errors = validate_dict(data, manifest.parent)
+    if not errors and data.get("version", 0) >= 3:
+        from featurelens.network.shards import validate_shards
+
+        shard_root = manifest.parent / str(data["storage"].get("shards", SHARD_DIR))
+        errors += [f"{data['storage'].get('shards', SHARD_DIR)}/{p}" for p in validate_shards(shard_root)]
+        listed = {im["id"] for im in data["images"]}
+        from featurelens.network.shards import ShardStore
+
+        try:
+            stored = ShardStore(shard_root).done_ids()
+        except BundleError as exc:
+            stored = set()
+            errors.append(str(exc))
+        extra = sorted(stored - listed)
+        if extra and data.get("complete", True):
+            errors.append(f"{len(extra)} image(s) stored in shards but not listed in bundle.json "
+                          f"(e.g. {extra[0]!r}): resume the run to finish it")
+        if not data.get("complete", True):
+            errors.append("the run that writes this bundle has not finished (or was killed): resume it")
+    return errors
 
 
 # ---------------------------------------------------------------------------
@@ -448,6 +638,7 @@ class BundleWriter:
             layers=[],
             images=[],
             created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            version=FILE_VERSION,
             method={key: (method or params).get(key) for key in METHOD_KEYS},
         )
         self._images: dict[str, BundleImage] = {}
@@ -565,3 +756,157 @@ class BundleWriter:
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         tmp.replace(self.root / "bundle.json")
         return self.bundle
+
+
+# ---------------------------------------------------------------------------
+# version 3: the manifest assembled from the shards
+# ---------------------------------------------------------------------------
+def image_meta(
+    *,
+    source: str,
+    width: int,
+    height: int,
+    predicted_class: str,
+    predicted_index: int,
+    score: float,
+    clusters: list[dict[str, Any]],
+    layers: list[dict[str, Any]],
+    true_class: str | None = None,
+    label: str | None = None,
+    layer_stats: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What a shard index keeps of one image (v3): everything ``bundle.json`` lists about it, so that the
+    manifest can be rebuilt from the shards alone (after a killed run). ``clusters``: ``{layer, index,
+    channels, weight, effect}``, their maps being ``maps[layer][index]`` of the record; ``layers``:
+    ``{name, channels, feature_size, activation, conv}``."""
+    return {
+        "source": str(source), "width": int(width), "height": int(height), "true_class": true_class,
+        "label": label, "predicted_class": str(predicted_class), "predicted_index": int(predicted_index),
+        "score": float(score), "layer_stats": list(layer_stats or []),
+        "clusters": [{"layer": c["layer"], "index": int(c["index"]), "channels": [int(k) for k in c["channels"]],
+                      "weight": float(c["weight"]), "effect": None if c.get("effect") is None else float(c["effect"])}
+                     for c in clusters],
+        "layers": layers,
+    }
+
+
+def write_manifest(
+    root: str | Path,
+    header: dict[str, Any],
+    *,
+    order: list[str] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+    complete: bool = True,
+) -> Bundle:
+    """Write a v3 ``bundle.json`` (atomically) from ``header`` (``model``, ``target``, ``class_names``,
+    ``params``, ``method``, ``storage``, ``dataset``, optionally ``created``) and the image entries of
+    every complete shard under ``root/storage.shards``. Images come in ``order`` (ids; the others after,
+    sorted), layers in the order of ``params.layers``. Returns the loaded bundle."""
+    from featurelens.network.shards import ShardStore
+
+    root = Path(root)
+    storage = dict(header.get("storage") or {})
+    storage.setdefault("shards", SHARD_DIR)
+    store = ShardStore(root / storage["shards"])
+    entries: dict[str, tuple[str, dict[str, Any]]] = {}
+    for key in store.keys():
+        for e in store.index(key)["images"]:
+            entries[e["id"]] = (key, e)
+    rank = {iid: i for i, iid in enumerate(order or [])}
+    ids = sorted(entries, key=lambda iid: (rank.get(iid, len(rank)), iid))
+    layers: dict[str, dict[str, Any]] = {}
+    images = []
+    for iid in ids:
+        key, e = entries[iid]
+        meta = e["meta"]
+        for layer in meta.get("layers", []):
+            layers.setdefault(layer["name"], layer)
+        images.append({
+            "id": iid, "file": f"{storage['shards']}/{key}.npz", "shard": key,
+            **{k: meta.get(k) for k in ("source", "width", "height", "true_class", "label", "predicted_class",
+                                         "predicted_index", "score", "layer_stats")},
+            "clusters": [{"id": f"{iid}/{c['layer']}/{c['index']}", **c} for c in meta["clusters"]],
+        })
+    wanted = list((header.get("params") or {}).get("layers") or [])
+    names = [n for n in wanted if n in layers] + [n for n in layers if n not in wanted]
+    data = {
+        "schema": SCHEMA, "version": 3,
+        "created": header.get("created") or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **{k: header[k] for k in ("model", "target", "class_names", "params")},
+        "method": {key: (header.get("method") or {}).get(key) for key in METHOD_KEYS},
+        "layers": [{k: layers[n].get(k) for k in ("name", "channels", "feature_size", "activation", "conv")}
+                   for n in names],
+        "storage": storage, "dataset": dict(header.get("dataset") or {}),
+        "skipped": list(skipped or []), "complete": bool(complete), "images": images,
+    }
+    errors = validate_dict(data, root)
+    if errors:
+        raise BundleError("refusing to write an invalid bundle: " + "; ".join(errors[:5]))
+    tmp = root / ".bundle.json.tmp"
+    tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
+    tmp.replace(root / "bundle.json")
+    return _from_dict(data, root)
+
+
+def upgrade_bundle(src: str | Path, dst: str | Path, *, shard_size: int = 64, encoding: str = "float16",
+                   display_size: int = 256, tolerance: float = 2.0 / 255.0) -> Bundle:
+    """Convert a version-1 or -2 bundle at ``src`` into a new version-3 bundle at ``dst``.
+
+    Per image: its stored photo becomes the display image, each layer's cluster maps (``.npy``) one
+    stack in a shard; the metadata (classes, scores, weights, effects, layer stats) is kept as it is.
+    The image-resolution maps of v3 are rendered from the feature maps; where a stored PNG differs from
+    that rendering by more than ``tolerance`` (maps not made by this pipeline, or v1's smoothing), the
+    image-resolution maps of that layer are stored too (shard map ``<layer>#image``), so that
+    :meth:`Bundle.load_image_map` gives back the PNG's values.
+    """
+    import torch
+
+    from featurelens.network.clustering import finish_map
+    from featurelens.network.locking import BundleLock
+    from featurelens.network.shards import ImageRecord, write_shard
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BundleUpgradeWarning)
+        old = load_bundle(src)
+    if old.version >= 3:
+        raise BundleError(f"{src} is already a version-{old.version} bundle")
+    dst = Path(dst)
+    if (dst / "bundle.json").exists():
+        raise BundleError(f"{dst} already holds a bundle; choose an empty output folder")
+    layers = [asdict(layer) for layer in old.layers]
+    with BundleLock(dst):
+        for start in range(0, len(old.images), shard_size):
+            records = []
+            for im in old.images[start: start + shard_size]:
+                maps: dict[str, np.ndarray] = {}
+                for layer in dict.fromkeys(c.layer for c in im.clusters):
+                    cl = {c.index: c for c in im.clusters if c.layer == layer}
+                    first = old.load_map(next(iter(cl.values())))
+                    stack = np.zeros((max(cl) + 1, *first.shape), np.float32)
+                    images = np.zeros((max(cl) + 1, im.height, im.width), np.float32)
+                    exact = True
+                    for k, c in cl.items():
+                        stack[k] = old.load_map(c)
+                        images[k] = old.load_image_map(c)
+                        again = finish_map(torch.from_numpy(stack[k]), (im.height, im.width),
+                                           old.method.get("smooth_sigma")).numpy()
+                        exact = exact and float(np.abs(again - images[k]).max()) <= tolerance
+                    maps[layer] = stack
+                    if not exact:
+                        maps[f"{layer}{IMAGE_MAP_SUFFIX}"] = images
+                meta = image_meta(
+                    source=im.source, width=im.width, height=im.height, predicted_class=im.predicted_class,
+                    predicted_index=im.predicted_index, score=im.score, true_class=im.true_class,
+                    layer_stats=im.layer_stats, layers=layers,
+                    clusters=[{"layer": c.layer, "index": c.index, "channels": c.channels, "weight": c.weight,
+                               "effect": c.effect} for c in im.clusters],
+                )
+                records.append(ImageRecord(im.id, meta, maps, old.display_image(im)))
+            write_shard(dst / SHARD_DIR, f"u{start // shard_size:05d}", records, encoding=encoding,  # type: ignore[arg-type]
+                        display_size=display_size)
+        header = {"model": old.model, "target": old.target, "class_names": old.class_names, "params": old.params,
+                  "method": old.method, "created": old.created,
+                  "storage": {"shards": SHARD_DIR, "encoding": encoding, "display_size": int(display_size),
+                              "images_per_shard": int(shard_size)},
+                  "dataset": {"upgraded_from": old.upgraded_from or old.version, "source": str(src)}}
+        return write_manifest(dst, header, order=[im.id for im in old.images])

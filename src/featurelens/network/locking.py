@@ -102,6 +102,13 @@ class BundleLock:
             f"remove {self.path}"
         )
 
+    def check(self) -> None:
+        """Raise :class:`BundleLockedError` now if a live run holds the lock (a cheap early test before a
+        long set-up; :meth:`acquire` still decides)."""
+        info = self.owner()
+        if info is not None and self.token is None and not (info and self.is_stale(info)):
+            raise self._refusal(info)
+
     # -- taking and giving back ----------------------------------------------------------------------
     def _try_create(self) -> bool:
         token = uuid.uuid4().hex

@@ -19,6 +19,7 @@ nothing of what an explanation is: ``explain(state, image_id, payload) -> ImageR
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -63,11 +64,19 @@ class _ShardJob:
 
     def __call__(self, state: Any, batch: Batch) -> list[Any]:
         records, failed = [], []
-        for image_id, payload in zip(batch.ids, batch.payloads):
-            try:
-                rec = self.explain(state, image_id, payload)
-            except ImageLoadError as exc:
-                failed.append((image_id, str(exc)))
+        many = getattr(self.explain, "many", None)
+        if many is not None:  # the whole batch at once: one result (a record or an ImageLoadError) per image
+            outcomes = list(many(state, list(batch.ids), list(batch.payloads)))
+        else:
+            outcomes = []
+            for image_id, payload in zip(batch.ids, batch.payloads):
+                try:
+                    outcomes.append(self.explain(state, image_id, payload))
+                except ImageLoadError as exc:
+                    outcomes.append(exc)
+        for image_id, rec in zip(batch.ids, outcomes):
+            if isinstance(rec, ImageLoadError):
+                failed.append((image_id, str(rec)))
                 continue
             if rec.image_id != image_id:
                 raise BundleError(f"explain returned a record for {rec.image_id!r} when asked for {image_id!r}")
@@ -96,14 +105,19 @@ def run_to_shards(
     display_size: int = 256,
     progress: Progress = False,
     command: str | None = None,
+    lock: bool = True,
 ) -> ShardedRun:
-    """Explain every item into shards under ``out`` (see the module docstring)."""
+    """Explain every item into shards under ``out`` (see the module docstring). ``lock=False``: the
+    caller already holds the folder's :class:`~featurelens.network.locking.BundleLock`.
+
+    ``explain`` may also have a method ``many(state, ids, payloads)`` returning one record (or
+    :class:`~featurelens.errors.ImageLoadError`) per image; it is then called once per batch."""
     if write_on not in ("worker", "driver"):
         raise BundleError(f"write_on must be 'worker' or 'driver', got {write_on!r}")
     root = Path(out)
     shard_dir = root / SHARD_DIR
     executor = executor or InProcessExecutor()
-    with BundleLock(root, command=command):
+    with BundleLock(root, command=command) if lock else contextlib.nullcontext():
         store = ShardStore(shard_dir)
         if resume:
             store.remove_incomplete()
@@ -114,7 +128,7 @@ def run_to_shards(
             done = set()
         job = _ShardJob(explain, str(shard_dir.resolve()), write_on, encoding, display_size)
         result = ShardedRun(RunStats(type(executor).__name__, getattr(executor, "workers", 1)), resumed_from=len(done))
-        previous = _read_skipped(root)
+        previous = read_skipped(root)
 
         def sink(batch: Batch, results: list[Any]) -> None:
             info = results[0]
@@ -134,7 +148,7 @@ def run_to_shards(
     return result
 
 
-def _read_skipped(root: Path) -> list[Skipped]:
+def read_skipped(root: Path) -> list[Skipped]:
     try:
         data = json.loads((root / SKIPPED_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
