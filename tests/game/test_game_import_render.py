@@ -68,3 +68,20 @@ def test_same_content_is_refused_through_the_bundle_api(imported, game_bundle):
     db, _ = imported
     with pytest.raises(store.Conflict, match="already imported"):
         store.import_bundle(db, game_bundle, "again")
+
+
+def test_a_sharded_version_3_bundle_imports_and_renders(imported, game_bundle, tmp_path):
+    from featurelens.network.bundle import upgrade_bundle
+
+    db, _ = imported
+    v3 = upgrade_bundle(game_bundle, tmp_path / "v3")
+    summary = store.import_bundle(db, v3.root, "v3")
+    assert summary.images == len(v3.images) and summary.maps == len(v3.clusters())
+    pid = store.create_player(db, store.PasswordHasher(time_cost=1, memory_cost=8192), "v3 player", "long password")
+    rnd = store.next_round(db, pid, "v3", gold_rate=0)
+    with db.read() as s:
+        cl = s.scalar(select(Cluster).where(Cluster.cluster_key == rnd.cluster_id))
+        photo = _decode(bytes(cl.image.photo)).astype(np.uint8)
+    expected_map = image_map(v3.load_map(v3.cluster(rnd.cluster_id)), photo.shape[:2])
+    served = _decode(store.asset(db, pid, rnd.id, "r0"))
+    assert np.abs(served - reveal(photo, expected_map, REVEAL_Q[0]).astype(int)).mean() < 2.0

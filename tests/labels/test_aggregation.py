@@ -107,11 +107,7 @@ def test_local_merge_and_weighted_mean_score(tiny):
     assert region.best_labels == ["eye"]
     assert le.clusters[1].cluster_ids == ["im1/L1/3"] and le.clusters[1].best_labels == ["sky"]
     # the merged map is the weight-weighted mean of the members' maps
-    # (each member rendered on demand at image resolution from its feature-resolution map)
-    from featurelens.network.render import image_map
-
-    im1 = tiny.image("im1")
-    maps = [image_map(tiny.load_map(tiny.cluster(f"im1/L1/{k}")), (im1.height, im1.width)) for k in range(3)]
+    maps = [tiny.load_image_map(tiny.cluster(f"im1/L1/{k}")) for k in range(3)]
     np.testing.assert_allclose(region.image_map(tiny), (40 * maps[0] + 30 * maps[1] + 20 * maps[2]) / 90, rtol=1e-5)
 
 

@@ -146,10 +146,7 @@ def test_clusters_sharing_best_label_merge_by_formula(label_bundle, processed):
     assert {c.index for c in members} == {0, 2}  # the two planted whisker clusters
     w = np.array([c.weight for c in members])
     assert region.weight == pytest.approx(w.sum())
-    from featurelens.network.render import image_map  # members rendered on demand from their feature maps
-
-    size = (b.image("cat_a").height, b.image("cat_a").width)
-    maps = [image_map(b.load_map(c), size) for c in members]
+    maps = [b.load_image_map(c) for c in members]
     expected = (w[0] * maps[0] + w[1] * maps[1]) / (w[0] + w[1])
     np.testing.assert_allclose(region.image_map(b), expected, rtol=1e-5, atol=1e-6)
     fmaps = [b.load_map(c) for c in members]

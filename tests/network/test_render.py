@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import matplotlib
 import numpy as np
@@ -70,24 +69,6 @@ def test_lut_is_matplotlib_quantisation():
     assert np.array_equal(colorize(v[None])[0], lut[idx])
 
 
-def test_batched_image_maps_equal_single(tmp_path):
-    rng = np.random.default_rng(1)
-    maps = [rng.random((14, 14)).astype(np.float32) for _ in range(3)]
-
-    # the Bundle API the renderer uses: load_map, method, model
-    b = SimpleNamespace(method={}, model={"input_size": [224, 224]}, load_map=lambda c: maps[c])
-    out = render.render_image_maps(b, [0, 1, 2], (50, 60))
-    for m, o in zip(maps, out, strict=True):
-        assert np.allclose(o, render.image_map(m, (50, 60)), atol=1e-6)
-
-
-def test_smoothing_sigma_scales_with_the_photo():
-    b = SimpleNamespace(method={"smooth_sigma": 2.0}, model={"input_size": [224, 224]})
-    assert render.display_sigma(b, 112) == pytest.approx(1.0)
-    b.method = {"smooth_sigma": None}
-    assert render.display_sigma(b, 112) is None
-
-
 @pytest.mark.slow
 def test_rendered_maps_equal_the_bundle_written_by_the_pipeline(lite0, photo_dir, tmp_path):
     """The map PNGs of a version-2 bundle were made by the pipeline from its full-precision map; rendering
@@ -99,7 +80,21 @@ def test_rendered_maps_equal_the_bundle_written_by_the_pipeline(lite0, photo_dir
                           params=NetworkParams(mode="fast", effect=False))
     im = bundle.images[0]
     photo = render.load_photo(bundle, im)
+    assert photo.shape == (im.height, im.width, 3)
     for c in im.clusters:
-        imap, _ = render.render_cluster(bundle, c, photo)
-        if c.map_png:  # a version-2 bundle keeps the pipeline's own rendering
-            assert np.abs(imap - bundle.load_image_map(c)).max() <= 1 / 255 + 1e-6
+        m = render.image_map(bundle.load_map(c), photo.shape[:2], bundle.method.get("smooth_sigma"))
+        assert np.abs(m - bundle.load_image_map(c)).max() <= 1 / 255 + 1e-6  # the stored 8-bit PNG
+        imap, ov = render.render_cluster(bundle, c, photo)
+        assert np.array_equal(ov, render.overlay_image(photo, imap))
+    # the same bundle as version 3 (shards): the display photo and maps come through the same Bundle API
+    from featurelens.network.bundle import upgrade_bundle
+
+    v3 = upgrade_bundle(tmp_path / "b", tmp_path / "v3")
+    assert v3.version == 3
+    im3 = v3.images[0]
+    photo3 = render.load_photo(v3, im3)
+    for c in im3.clusters:
+        assert c.overlay_png is None
+        imap, ov = render.render_cluster(v3, c, photo3)
+        assert np.allclose(imap, render.image_map(v3.load_map(c), photo3.shape[:2]), atol=1e-6)
+        assert ov.shape == photo3.shape

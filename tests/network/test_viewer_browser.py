@@ -81,6 +81,13 @@ def test_viewer_shows_images_layers_and_clusters_from_disk(page, viewer_bundle):
     expect(page.locator("#images button.on")).to_have_attribute("data-id", bundle.images[1].id)
     expect(page.locator("#view")).to_have_attribute("data-shown", bundle.images[1].id)
     assert "true class" in page.locator(".facts").inner_text()
+    # the same bundle as version 3 (shards: display JPEGs, float16 maps) opens alike
+    from featurelens.network.bundle import upgrade_bundle
+
+    v3 = upgrade_bundle(index.parent, index.parent.parent / "v3")
+    page.goto(write_viewer(v3.root).as_uri())
+    expect(page.locator("#view")).to_have_attribute("data-shown", v3.images[0].id)
+    expect(page.locator("#layer-1 figure canvas")).to_have_count(sum(c.layer == LAYERS[1] for c in v3.images[0].clusters))
     assert errors == []
 
 

@@ -253,10 +253,8 @@ def render_asset(s: OrmSession, cluster: Cluster, kind: str) -> bytes | None:
     if kind != "overlay" and not (re.fullmatch(r"r[0-9]{1,2}", kind) and int(kind[1:]) < len(qs)):
         return None
     photo = bytes(cluster.image.photo)
-    sigma, input_h = params.get("smooth_sigma"), params.get("input_height")
-    rgb, imap = _render_inputs(photo, bytes(data), None)
-    if sigma:
-        rgb, imap = _render_inputs(photo, bytes(data), float(sigma) * rgb.shape[0] / float(input_h or rgb.shape[0]))
+    sigma = params.get("smooth_sigma")
+    rgb, imap = _render_inputs(photo, bytes(data), float(sigma) if sigma else None)
     if kind == "overlay":
         return encode_jpeg(overlay_image(rgb, imap))
     return encode_jpeg(reveal(rgb, imap, float(qs[int(kind[1:])])))
@@ -341,7 +339,6 @@ def import_bundle(
     for im, photo, maps in content:
         rendered.append((im, encode_jpeg(photo, quality=90), [(c, _map_bytes(m)) for c, m in maps]))
     sigma = bundle.method.get("smooth_sigma") if bundle.method else None
-    input_h = (bundle.model.get("input_size") or [None])[0]
 
     def _write(s: OrmSession) -> ImportSummary:
         camp = Campaign(
@@ -349,7 +346,7 @@ def import_bundle(
             class_names_json=json.dumps(class_names),
             source=str(Path(bundle_path).resolve()),
             params_json=json.dumps({"model": bundle.model, "target": bundle.target, "reveal_q": REVEAL_Q,
-                                    "smooth_sigma": sigma, "input_height": input_h}),
+                                    "smooth_sigma": sigma}),
             active=True,
             created_at=utcnow(),
             content_hash=content_hash,

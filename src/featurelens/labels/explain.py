@@ -62,14 +62,10 @@ class LocalCluster:
 
     def image_map(self, bundle: Bundle, size_hw: tuple[int, int] | None = None) -> np.ndarray:
         """The region's map at image resolution (``size_hw``, default the image's stored size): members
-        rendered on demand from their feature-resolution maps (:mod:`featurelens.network.render`), then
-        weight-averaged."""
-        from featurelens.network.render import render_image_maps
-
-        if size_hw is None:
-            im = bundle.image(self.clusters[0].id.split("/", 1)[0])
-            size_hw = (im.height, im.width)
-        return merge_maps(render_image_maps(bundle, self.clusters, size_hw), [c.weight for c in self.clusters])
+        as :meth:`Bundle.load_image_map` renders them (on demand from their feature-resolution maps in a
+        sharded bundle), weight-averaged."""
+        return merge_maps([bundle.load_image_map(c, size=size_hw) for c in self.clusters],
+                          [c.weight for c in self.clusters])
 
     def feature_map(self, bundle: Bundle) -> np.ndarray:
         """The region's map at feature resolution: members weight-averaged."""

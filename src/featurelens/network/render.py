@@ -6,8 +6,8 @@ that needs it at image resolution renders it here, with the same rule as the pip
 
 * image map: ``M = minmax(up(m))``, ``up`` = bilinear upsampling to the photo's ``H×W`` with
   ``align_corners=False`` (source coordinate ``s = (y + ½)·h/H − ½``, clamped to ``[0, h − 1]``);
-  when the bundle's ``method.smooth_sigma`` is set, ``M = minmax(G_σ' * M)`` with ``σ' = σ·H/H_model``
-  (σ is in pixels of the model input; a display photo of another size scales it);
+  when the bundle's ``method.smooth_sigma`` σ is set, ``M = minmax(G_σ * M)`` (separable Gaussian, radius
+  ``⌈3σ⌉``, replicate padding), as :meth:`featurelens.network.bundle.Bundle.load_image_map` does;
 * colours: ``heat = round(255·jet(M))`` with matplotlib's 256-entry ``jet`` table
   (``jet(v) = LUT[min(⌊256·v⌋, 255)]``; :func:`colormap_lut`, the same table the viewer uses in the browser);
 * overlay: ``round((1 − α)·photo + α·heat)``, ``α = 0.5``.
@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from featurelens.imaging import overlay
 from featurelens.network.clustering import finish_map
@@ -57,42 +56,13 @@ def overlay_image(photo: np.ndarray, imap: np.ndarray, alpha: float = DEFAULT_AL
     return overlay(photo, imap, alpha=alpha, colormap=colormap)
 
 
-def display_sigma(bundle: Any, height: int) -> float | None:
-    """The bundle's smoothing σ (``method.smooth_sigma``, pixels of the model input) at a photo of ``height``."""
-    sigma = (bundle.method or {}).get("smooth_sigma")
-    if not sigma:
-        return None
-    model_h = (bundle.model.get("input_size") or [height])[0] or height
-    return float(sigma) * height / float(model_h)
-
-
 def load_photo(bundle: Any, image: Any) -> np.ndarray:
-    """The image's stored photo (the display photo of a sharded bundle) as H×W×3 uint8 RGB."""
-    getter = getattr(bundle, "load_photo", None)
-    if callable(getter):
-        return np.asarray(getter(image))
-    with Image.open(bundle.path(image.file)) as im:
-        return np.asarray(im.convert("RGB"))
+    """The image's stored photo (a sharded bundle's display photo) as H×W×3 uint8 RGB."""
+    return np.asarray(bundle.display_image(image).convert("RGB"))
 
 
 def render_cluster(bundle: Any, cluster: Any, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(image map, overlay)`` of one cluster of ``bundle`` at the size of ``photo``."""
-    h, w = photo.shape[:2]
-    imap = image_map(bundle.load_map(cluster), (h, w), display_sigma(bundle, h))
+    """``(image map, overlay)`` of one cluster of ``bundle`` at the size of ``photo``; the image map is the
+    bundle's own (``Bundle.load_image_map``: rendered from the feature-resolution map by this rule)."""
+    imap = bundle.load_image_map(cluster, size=photo.shape[:2])
     return imap, overlay_image(photo, imap)
-
-
-def render_image_maps(bundle: Any, clusters: list[Any], size_hw: tuple[int, int]) -> list[np.ndarray]:
-    """Image maps of several clusters of one image (one bilinear call for all of them)."""
-    if not clusters:
-        return []
-    sigma = display_sigma(bundle, size_hw[0])
-    maps = [np.asarray(bundle.load_map(c), dtype=np.float32) for c in clusters]
-    shapes = {m.shape for m in maps}
-    if len(shapes) > 1 or sigma:
-        return [image_map(m, size_hw, sigma) for m in maps]
-    from featurelens.imaging import normalize_maps, resize_maps
-
-    t = torch.from_numpy(np.nan_to_num(np.stack(maps)))
-    up = normalize_maps(resize_maps(t, size_hw))
-    return list(up.numpy().astype(np.float32))

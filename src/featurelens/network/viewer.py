@@ -94,8 +94,7 @@ def render_viewer(bundle_dir: str | Path, chunk_size: int = CHUNK_SIZE, bundle: 
         "layers": [{"name": ly.name, "channels": ly.channels, "activation": ly.activation,
                     "feature_size": ly.feature_size} for ly in bundle.layers],
         "class_names": bundle.class_names, "chunk_size": chunk_size, "page_size": page_size, "data_dir": DATA_DIR,
-        "render": {"alpha": DEFAULT_ALPHA, "smooth_sigma": sigma,
-                   "input_height": (bundle.model.get("input_size") or [None])[0]},
+        "render": {"alpha": DEFAULT_ALPHA, "smooth_sigma": sigma},
         "images": [{"id": im.id, "c": _image_class(im), "p": im.predicted_class, "s": im.score, "k": n}
                    for n, chunk in _chunks(bundle.images, chunk_size) for im in chunk],
     }
