@@ -35,6 +35,7 @@ import json
 import random
 import re
 import secrets
+import struct
 import threading
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -208,9 +209,14 @@ def bundle_content_hash(bundle: Any, content: list | None = None) -> str:
 
 
 def _map_bytes(m: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(m, dtype=np.float32), allow_pickle=False)
-    return buf.getvalue()
+    """A feature-resolution map as stored in the game: ``h``, ``w`` (uint16 little-endian), float32 values."""
+    m = np.ascontiguousarray(m, dtype="<f4")
+    return struct.pack("<HH", *m.shape) + m.tobytes()
+
+
+def _map_from_bytes(data: bytes) -> np.ndarray:
+    h, w = struct.unpack_from("<HH", data)
+    return np.frombuffer(data, dtype="<f4", count=h * w, offset=4).reshape(h, w)
 
 
 def validate_agreement_rule(rule: str) -> str:
@@ -234,7 +240,7 @@ def _render_inputs(photo: bytes, map_npy: bytes, sigma: float | None) -> tuple[n
 
     with PILImage.open(io.BytesIO(photo)) as im:
         rgb = np.asarray(im.convert("RGB"))
-    m = np.load(io.BytesIO(map_npy), allow_pickle=False)
+    m = _map_from_bytes(map_npy)
     return rgb, image_map(m, rgb.shape[:2], sigma)
 
 
