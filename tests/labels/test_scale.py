@@ -45,3 +45,32 @@ def test_saved_results_load_back_equal(tmp_path, label_bundle, processed):
         [(r.row, r.text, r.representative, r.score) for r in processed.labels]
     assert [(s.cluster_id, s.representative, s.score) for s in back.scores] == \
         [(s.cluster_id, s.representative, s.score) for s in processed.scores]
+
+
+def test_global_explanations_aggregate_over_every_image_of_a_class(label_bundle, processed):
+    """S(r) of a class and layer = Σ over the local regions of *every* image of the class whose best label
+    is r (merged-best rule), and every labelled image of the class contributes."""
+    from collections import defaultdict
+
+    from featurelens.labels.explain import global_explanations, local_explanations
+
+    p = processed.params
+    glob = global_explanations(label_bundle, processed, p)
+    want: dict = defaultdict(float)
+    images: dict = defaultdict(set)
+    for le in local_explanations(label_bundle, processed, p):
+        for region in le.clusters:
+            for r in region.best_labels:
+                want[(le.class_name, le.layer, r)] += region.scores[r]
+                images[le.class_name].add(le.image_id)
+    per_class = defaultdict(set)
+    for im in label_bundle.images:
+        per_class[im.true_class or im.predicted_class].add(im.id)
+    checked = 0
+    for cls, layers in glob.items():
+        assert len(images[cls]) >= 2 and images[cls] == per_class[cls]  # several images, all of them
+        for g in layers:
+            for lab in g.labels:
+                assert lab.score == pytest.approx(want[(cls, g.layer, lab.representative)])
+                checked += 1
+    assert checked > 0
