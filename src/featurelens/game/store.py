@@ -248,9 +248,6 @@ def render_asset(s: OrmSession, cluster: Cluster, kind: str) -> bytes | None:
     """A map's reveal step ``r<i>`` or its ``overlay`` (JPEG), rendered on demand from the map stored at
     import (feature resolution, kind ``map``) over the campaign's photo, with the rule of
     :mod:`featurelens.network.render` and :func:`featurelens.game.masks.reveal`; ``None`` if there is none."""
-    from featurelens.game.masks import reveal
-    from featurelens.network.render import overlay_image
-
     data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == cluster.id, ClusterAsset.kind == "map"))
     if data is None:
         return None
@@ -258,12 +255,20 @@ def render_asset(s: OrmSession, cluster: Cluster, kind: str) -> bytes | None:
     qs = params.get("reveal_q") or REVEAL_Q
     if kind != "overlay" and not (re.fullmatch(r"r[0-9]{1,2}", kind) and int(kind[1:]) < len(qs)):
         return None
-    photo = bytes(cluster.image.photo)
     sigma = params.get("smooth_sigma")
-    rgb, imap = _render_inputs(photo, bytes(data), float(sigma) if sigma else None)
-    if kind == "overlay":
-        return encode_jpeg(overlay_image(rgb, imap))
-    return encode_jpeg(reveal(rgb, imap, float(qs[int(kind[1:])])))
+    q = None if kind == "overlay" else float(qs[int(kind[1:])])
+    return _render_jpeg(bytes(cluster.image.photo), bytes(data), float(sigma) if sigma else None, q)
+
+
+@lru_cache(maxsize=512)
+def _render_jpeg(photo: bytes, map_data: bytes, sigma: float | None, q: float | None) -> bytes:
+    """One rendered step (``q`` %) or the overlay (``q = None``) as JPEG, cached by content: every player
+    of a map asks for the same steps."""
+    from featurelens.game.masks import reveal
+    from featurelens.network.render import overlay_image
+
+    rgb, imap = _render_inputs(photo, map_data, sigma)
+    return encode_jpeg(overlay_image(rgb, imap) if q is None else reveal(rgb, imap, q))
 
 
 def load_gold(path: str | Path) -> dict[str, list[str]]:
