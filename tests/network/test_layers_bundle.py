@@ -98,9 +98,10 @@ def test_bundle_round_trip_is_deterministic_and_valid(lite0, photos, tmp_path):
         m = loaded.load_map(cl[0])
         assert m.shape == (7, 7) and m.min() >= 0 and m.max() <= 1
         assert loaded.load_image_map(cl[0]).shape == (224, 224)
-    # the viewer embeds the manifest and refers to files that exist
+    # the viewer embeds the image list; the clusters are in its lazily loaded chunk files
     page = write_viewer(tmp_path / "a").read_text()
-    assert '"schema":"featurelens.network-bundle"' in page and "chelsea/head.act/0" in page
+    assert '"schema":"featurelens.network-bundle"' in page and '"id":"chelsea"' in page
+    assert "chelsea/head.act/0" in (tmp_path / "a" / "viewer" / "chunk-0000.js").read_text()
 
 
 def _tiny_manifest() -> dict:

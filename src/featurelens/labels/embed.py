@@ -83,7 +83,12 @@ class SentenceEmbedder:
             self._model = load_sentence_model(self.name, self.device)
         return self._model
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def warm(self, texts: Sequence[str]) -> None:
+        """Embed every distinct text of ``texts`` not embedded yet, in as few model calls as possible
+        (later :meth:`encode` calls of them are cache look-ups)."""
+        self.encode(texts, stack=False)
+
+    def encode(self, texts: Sequence[str], stack: bool = True) -> np.ndarray:
         todo = sorted({t for t in texts if t not in self._memo})
         if todo:
             vecs = self.model.encode(
@@ -95,7 +100,7 @@ class SentenceEmbedder:
             )
             for t, v in zip(todo, np.asarray(vecs, dtype=np.float32)):
                 self._memo[t] = v
-        if not texts:
+        if not texts or not stack:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self._memo[t] for t in texts])
 

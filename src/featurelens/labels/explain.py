@@ -60,11 +60,12 @@ class LocalCluster:
     def merged(self) -> bool:
         return len(self.cluster_ids) > 1
 
-    def image_map(self, bundle: Bundle) -> np.ndarray:
-        """The region's map at image resolution: members weight-averaged."""
-        return merge_maps(
-            [bundle.load_image_map(c) for c in self.clusters], [c.weight for c in self.clusters]
-        )
+    def image_map(self, bundle: Bundle, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """The region's map at image resolution (``size_hw``, default the image's stored size): members
+        as :meth:`Bundle.load_image_map` renders them (on demand from their feature-resolution maps in a
+        sharded bundle), weight-averaged."""
+        return merge_maps([bundle.load_image_map(c, size=size_hw) for c in self.clusters],
+                          [c.weight for c in self.clusters])
 
     def feature_map(self, bundle: Bundle) -> np.ndarray:
         """The region's map at feature resolution: members weight-averaged."""

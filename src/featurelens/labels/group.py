@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
-from sklearn.metrics import silhouette_score
 
 from featurelens.labels.embed import Embedder, unit_rows
 from featurelens.labels.stopwords import LEGACY_EXTRAS, stop_word_list
@@ -102,7 +101,7 @@ def cluster_embeddings(
         m = len(np.unique(assign))
         if m < 2 or m >= n:
             continue
-        s = float(silhouette_score(square, assign, metric="precomputed"))
+        s = silhouette(square, assign)
         scores[str(k)] = s
         if s > best_s + 1e-12:
             best_k, best_s, best_assign = k, s, assign
@@ -110,6 +109,27 @@ def cluster_embeddings(
         return np.arange(n, dtype=int), scores
     del best_k
     return _renumber(best_assign), scores
+
+
+def silhouette(square: np.ndarray, assign: np.ndarray) -> float:
+    """Mean silhouette of a partition from a square distance matrix ``D``:
+    ``s_i = (b_i − a_i) / max(a_i, b_i)`` with ``a_i`` the mean distance of ``i`` to the other members of
+    its group, ``b_i`` the smallest mean distance of ``i`` to another group; ``s_i = 0`` for a group of one
+    (the definition of ``sklearn.metrics.silhouette_score``, vectorised: one ``D @ onehot`` product)."""
+    _, lab = np.unique(assign, return_inverse=True)
+    n, m = len(lab), int(lab.max()) + 1
+    onehot = np.zeros((n, m))
+    onehot[np.arange(n), lab] = 1.0
+    sums = np.asarray(square, dtype=np.float64) @ onehot  # [n, m]: Σ of distances of i to each group
+    sizes = onehot.sum(0)
+    own = sizes[lab]
+    a = sums[np.arange(n), lab] / np.maximum(own - 1.0, 1.0)
+    mean_other = sums / sizes
+    mean_other[np.arange(n), lab] = np.inf
+    b = mean_other.min(1)
+    denom = np.maximum(a, b)
+    s = np.where((own > 1) & (denom > 0), (b - a) / np.where(denom > 0, denom, 1.0), 0.0)
+    return float(s.mean())
 
 
 def _renumber(assign: np.ndarray) -> np.ndarray:

@@ -130,7 +130,7 @@ def _optional_float(value: Any, column: str, where: str) -> float | None:
 
 def _parse_int(value: Any, column: str, where: str) -> int:
     try:
-        return int(str(value).strip())
+        return int(value if isinstance(value, str) else str(value).strip())  # int() ignores surrounding blanks
     except ValueError:
         raise LabelsError(f"{where}: {column!r} must be an integer, got {value!r}") from None
 

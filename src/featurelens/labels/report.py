@@ -68,10 +68,9 @@ def _fig_png(fig: Any) -> bytes:
 
 
 def _rgb(bundle: Bundle, image_id: str) -> np.ndarray:
-    from PIL import Image
+    from featurelens.network.render import load_photo
 
-    with Image.open(bundle.path(bundle.image(image_id).file)) as im:
-        return np.asarray(im.convert("RGB"))
+    return load_photo(bundle, bundle.image(image_id))
 
 
 def _label_text(labels: list[tuple[str, float]], n: int = 3) -> str:
@@ -97,7 +96,7 @@ def image_figure(bundle: Bundle, locals_: list[LocalExplanation], alpha: float =
             if c >= len(le.clusters):
                 continue
             region = le.clusters[c]
-            ax.imshow(overlay(rgb, region.image_map(bundle), alpha=alpha))
+            ax.imshow(overlay(rgb, region.image_map(bundle, rgb.shape[:2]), alpha=alpha))
             merged = f" ×{len(region.cluster_ids)}" if region.merged else ""
             ax.set_title(f"{_label_text(region.labels, 2)}\nw={region.weight:.1f}%{merged}", fontsize=7)
             if c == 0:
@@ -114,10 +113,12 @@ def _row_label(ax: object, text: str, x: float) -> None:
 def _examples_strip(bundle: Bundle, cluster_ids: list[str], n: int, size: int = 96) -> np.ndarray:
     from PIL import Image
 
+    from featurelens.network.render import render_cluster
+
     tiles = []
     for cid in cluster_ids[:n]:
-        with Image.open(bundle.path(bundle.cluster(cid).overlay_png)) as im:
-            tiles.append(np.asarray(im.convert("RGB").resize((size, size))))
+        _, ov = render_cluster(bundle, bundle.cluster(cid), _rgb(bundle, cid.split("/", 1)[0]))
+        tiles.append(np.asarray(Image.fromarray(ov).resize((size, size))))
     while len(tiles) < n:
         tiles.append(np.full((size, size, 3), 255, dtype=np.uint8))
     return np.concatenate(tiles, axis=1)
