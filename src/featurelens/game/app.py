@@ -193,7 +193,7 @@ def create_app(
             lang = i18n.valid_language(request.cookies.get(LANG_COOKIE))
             player = current(request)
             if lang is None and player is not None:
-                lang = i18n.valid_language(store.player_language(db, player.player_id))
+                lang = i18n.valid_language(player.language)  # read with the session
             state["lang"] = lang or i18n.negotiate(request.headers.get("accept-language")) or i18n.DEFAULT
         return state["lang"]
 
@@ -587,11 +587,11 @@ def create_app(
         return {"round": _round_json(store.get_round(db, player.player_id, round_id), request)}
 
     @app.post("/api/rounds/{round_id}/reveal")
-    def api_reveal(request: Request, round_id: int, body: Annotated[Reveal | None, Body()] = None) -> dict[str, Any]:
+    def api_reveal(request: Request, round_id: int, body: Annotated[Reveal | None, Body()] = None) -> Response:
         player = api_player(request)
         check_csrf(request, None)
         view = store.reveal_more(db, player.player_id, round_id, body.to_step if body else None)
-        return {"round": _round_json(view, request)}
+        return JSONResponse({"round": _round_json(view, request)})
 
     def _api_answer(request: Request, round_id: int, body: Answer, give_up: bool) -> Response:
         player = api_player(request)

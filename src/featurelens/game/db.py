@@ -14,20 +14,21 @@ so several workers can start at once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -245,6 +246,40 @@ class _GroupCommit:
             return
 
 
+class BytesCache:
+    """A thread-safe LRU of immutable byte strings, bounded by their total size (``max_bytes``).
+
+    The game keeps each worker's recently served images here (rendered reveal steps, overlays and photos
+    never change once imported), so an image request costs one small query for the round, not a blob read."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes, self.size = max_bytes, 0
+        self._items: collections.OrderedDict[Hashable, bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: Hashable, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:
+            return  # a single huge item would evict everything
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.size -= len(old) if old is not None else 0
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _k, gone = self._items.popitem(last=False)
+                self.size -= len(gone)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class Database:
     """Session factories for reads and (retried) write transactions.
 
@@ -259,6 +294,9 @@ class Database:
         self._write = sessionmaker(write_engine, expire_on_commit=False)
         self._lock: _FileLock | None = None
         self._group: _GroupCommit | None = None
+        # per-process caches of data that never changes once imported (see featurelens.game.store)
+        self.assets = BytesCache()
+        self.immutable: dict[Hashable, object] = {}
         if is_sqlite(engine):
             self._lock = _FileLock(str(engine.url.database) + ".write-lock")
             self._group = _GroupCommit(self._write, self._lock)
@@ -267,6 +305,13 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._read() as session:
             yield session
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A Core connection for reads (one transaction, rolled back at the end): the hot paths' cheap
+        alternative to an ORM session."""
+        with self.engine.connect() as conn:
+            yield conn
 
     def write(self, fn: Callable[[Session], T], *, attempts: int = 6) -> T:
         """Run ``fn(session)`` in one transaction and commit; retry on deadlock / lock timeouts.
