@@ -58,15 +58,18 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
-    """Create the engine with the SQLite/PostgreSQL settings described in the module docstring."""
+def make_engine(database_url: str, *, pool_size: int = 40) -> Engine:
+    """Create the engine with the SQLite/PostgreSQL settings described in the module docstring.
+
+    ``pool_size`` (40) matches the request thread pool of a worker (anyio's default), so that a busy
+    worker keeps its connections instead of opening and closing overflow ones on every request."""
     url = make_url(normalize_url(database_url))
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
             raise GameError("the game needs a SQLite *file* (several connections share it); got an in-memory URL")
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=pool_size, max_overflow=2 * pool_size)
+                               pool_size=pool_size, max_overflow=pool_size // 4)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -81,11 +84,12 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         @event.listens_for(engine, "begin")
         def _on_begin(conn):  # type: ignore[no-untyped-def]
             mode = conn.get_execution_options().get("sqlite_begin", "")
-            conn.exec_driver_sql(f"BEGIN {mode}".strip())
+            if mode != "NONE":  # NONE: autocommit reads, each statement its own snapshot (Database.connect)
+                conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
         return engine
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_recycle=1800)
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size // 4, pool_recycle=1800)
     raise GameError(f"unsupported database {url.get_backend_name()!r}: use sqlite:///FILE or postgresql+psycopg://...")
 
 
@@ -291,6 +295,9 @@ class Database:
         self.engine = engine
         write_engine = engine.execution_options(sqlite_begin="IMMEDIATE") if is_sqlite(engine) else engine
         self._read = sessionmaker(engine, expire_on_commit=False)
+        # Core reads of the hot paths: no BEGIN / ROLLBACK round trips (see connect)
+        self._core_read = (engine.execution_options(sqlite_begin="NONE") if is_sqlite(engine)
+                           else engine.execution_options(isolation_level="AUTOCOMMIT"))
         self._write = sessionmaker(write_engine, expire_on_commit=False)
         self._lock: _FileLock | None = None
         self._group: _GroupCommit | None = None
@@ -308,9 +315,11 @@ class Database:
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
-        """A Core connection for reads (one transaction, rolled back at the end): the hot paths' cheap
-        alternative to an ORM session."""
-        with self.engine.connect() as conn:
+        """A Core connection for reads in autocommit mode: the hot paths' cheap alternative to an ORM
+        session. Each statement sees the committed state when it runs (no snapshot across statements):
+        callers read one row and derive the rest from data that never changes, or from rows committed
+        together with it (a finished round's labels)."""
+        with self._core_read.connect() as conn:
             yield conn
 
     def write(self, fn: Callable[[Session], T], *, attempts: int = 6) -> T:
