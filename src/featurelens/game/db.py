@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from featurelens.errors import FeaturelensError
 
 T = TypeVar("T")
+_Job = tuple[Callable[[Any], object], "Future[object]", int, bool]  # fn, its result, attempts, Core job
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK_ID = 0x6665_6174  # "feat"
@@ -168,13 +169,14 @@ class _GroupCommit:
 
     def __init__(self, factory: Callable[[], Session], lock: _FileLock, max_batch: int = 64) -> None:
         self._factory, self._lock, self._max_batch = factory, lock, max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[[Session], object], Future[object], int] | None] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches = self.jobs = 0  # counters, for tests and benchmarks
 
-    def submit(self, fn: Callable[[Session], T], attempts: int) -> T:
+    def submit(self, fn: Callable[[Any], T], attempts: int, core: bool = False) -> T:
+        """Queue ``fn`` and wait for its batch's commit; ``core``: ``fn`` takes the batch's Core
+        connection (cheaper than the ORM session, for jobs of plain Core statements)."""
         if self._thread is None or not self._thread.is_alive():
             with self._start_lock:
                 if self._thread is None or not self._thread.is_alive():
@@ -182,7 +184,7 @@ class _GroupCommit:
                                                     daemon=True)
                     self._thread.start()
         fut: Future[object] = Future()
-        self._queue.put((fn, fut, attempts))
+        self._queue.put((fn, fut, attempts, core))
         return fut.result()  # type: ignore[return-value]
 
     def stop(self) -> None:
@@ -207,17 +209,23 @@ class _GroupCommit:
                 batch.append(more)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Callable[[Session], object], Future[object], int]]) -> None:
-        attempts = max(a for _f, _u, a in batch)
+    def _commit(self, batch: list[_Job]) -> None:
+        attempts = max(job[2] for job in batch)
         for attempt in range(attempts):
             outcomes: list[tuple[Future[object], object, BaseException | None]] = []
             try:
                 with self._lock.held(), self._factory() as session:
                     try:
-                        for fn, fut, _a in batch:
+                        conn: Connection | None = None
+                        for fn, fut, _a, core in batch:
                             try:
-                                with session.begin_nested():
-                                    result = fn(session)
+                                if core:
+                                    conn = conn or session.connection()
+                                    with conn.begin_nested():
+                                        result = fn(conn)
+                                else:
+                                    with session.begin_nested():
+                                        result = fn(session)
                                 outcomes.append((fut, result, None))
                             except DBAPIError as exc:
                                 if _retryable(exc):
@@ -233,12 +241,12 @@ class _GroupCommit:
                 if attempt < attempts - 1 and _retryable(exc):
                     time.sleep(0.02 * 2**attempt)
                     continue
-                for _fn, fut, _a in batch:
-                    fut.set_exception(exc)
+                for job in batch:
+                    job[1].set_exception(exc)
                 return
             except BaseException as exc:  # handed to every waiting caller
-                for _fn, fut, _a in batch:
-                    fut.set_exception(exc)
+                for job in batch:
+                    job[1].set_exception(exc)
                 return
             self.batches += 1
             self.jobs += len(batch)
@@ -299,6 +307,7 @@ class Database:
         self._core_read = (engine.execution_options(sqlite_begin="NONE") if is_sqlite(engine)
                            else engine.execution_options(isolation_level="AUTOCOMMIT"))
         self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self._write_engine = write_engine
         self._lock: _FileLock | None = None
         self._group: _GroupCommit | None = None
         # per-process caches of data that never changes once imported (see featurelens.game.store)
@@ -341,6 +350,21 @@ class Database:
                         raise
                 except BaseException:
                     session.rollback()
+                    raise
+            time.sleep(0.02 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def write_core(self, fn: Callable[[Connection], T], *, attempts: int = 6) -> T:
+        """:meth:`write` for a job of plain Core statements: ``fn(connection)``, without an ORM session
+        (same transaction, retry and acknowledgement rules)."""
+        if self._group is not None:
+            return self._group.submit(fn, attempts, core=True)
+        for attempt in range(attempts):
+            try:
+                with self._write_engine.begin() as conn:
+                    return fn(conn)
+            except DBAPIError as exc:
+                if attempt == attempts - 1 or not _retryable(exc):
                     raise
             time.sleep(0.02 * 2**attempt)
         raise AssertionError("unreachable")

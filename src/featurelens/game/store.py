@@ -907,8 +907,7 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
                "reveal_step": 0, "correct": False, "guess_points": 0, "is_gold": bool(pick.is_gold),
                "started_at": utcnow(), "seen_before": bool(pick.seen)}
 
-        def _w(s: OrmSession, row: dict[str, Any] = row, cid: int = camp.id, cpk: int = pick.id) -> int | None:
-            c = s.connection()
+        def _w(c: Any, row: dict[str, Any] = row, cid: int = camp.id, cpk: int = pick.id) -> int | None:
             if c.execute(_Q_HAS_OPEN, {"pid": player_id, "cid": cid}).first() is not None:
                 return None  # a concurrent request opened one: return that
             rid = c.execute(_INS_ROUND, row).inserted_primary_key[0]
@@ -916,7 +915,7 @@ def next_round(db: Database, player_id: int, campaign: str | None = None, *, gol
             return int(rid)
 
         try:
-            rid = db.write(_w)
+            rid = db.write_core(_w)
         except IntegrityError:  # two concurrent requests picked the same map for this player
             if attempt == 4:
                 raise
@@ -948,7 +947,7 @@ def reveal_more(db: Database, player_id: int, round_id: int, to_step: int | None
             view = _view(db, conn, rnd)
         if target == rnd.reveal_step:
             return view
-        changed = db.write(lambda s, t=target: s.connection().execute(
+        changed = db.write_core(lambda c, t=target: c.execute(
             _UPD_REVEAL, {"rid": round_id, "pid": player_id, "step": t}).rowcount)
         if changed == 1:
             view.reveal_step, view.q_percent = target, REVEAL_Q[target]
@@ -1066,9 +1065,8 @@ def finish_round(
         if rnd.is_gold and texts:
             gold_hit = any(matcher.agree(t, g) for t in texts for g in info.gold_labels)
 
-        def _w(s: OrmSession, rnd: Any = rnd, info: _MapInfo = info, rule: str = rule, guess: str | None = guess,
+        def _w(c: Any, rnd: Any = rnd, info: _MapInfo = info, rule: str = rule, guess: str | None = guess,
                correct: bool = correct, gold_hit: bool | None = gold_hit) -> tuple[bool, int, list[dict[str, Any]], int]:
-            c = s.connection()
             _check_rate(c, player_id, rate_limit)
             seen_before = bool(rnd.seen_before) or (info.photo_hash is not None and c.execute(
                 _Q_SEEN_ONE, {"pid": player_id, "rid": rnd.id, "ph": info.photo_hash}).first() is not None)
@@ -1111,7 +1109,7 @@ def finish_round(
             return seen_before, gpts, shown, total
 
         try:
-            seen_before, gpts, shown, total = db.write(_w)
+            seen_before, gpts, shown, total = db.write_core(_w)
         except _Raced:
             continue  # a concurrent request finished it first: read again (replay or conflict)
         except IntegrityError:
