@@ -379,8 +379,10 @@ async def big_body(port: int, size: int, stop_at: float) -> str:
         writer.close()
 
 
-async def probe_health(port: int, until: float, out: list[float], failures: list[str]) -> None:
-    conn = Conn(port, timeout=10.0)
+async def probe_health(port: int, until: float, out: list[float], failures: list[str], interval: float = 0.1,
+                       conn: Conn | None = None) -> None:
+    """``GET /healthz`` every ``interval`` seconds (0: back to back) until ``until``; latencies to ``out``."""
+    conn = conn or Conn(port, timeout=10.0)
     while time.monotonic() < until:
         t0 = time.monotonic()
         try:
@@ -390,7 +392,8 @@ async def probe_health(port: int, until: float, out: list[float], failures: list
         except HttpError as exc:
             failures.append(str(exc))
         out.append(time.monotonic() - t0)
-        await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+        if interval > 0:
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
     conn.close()
 
 
@@ -434,19 +437,8 @@ async def run_floor(scenario: str, backend: str, db_url: str, args: argparse.Nam
     until = t0 + min(args.duration, 20.0)
     cpu0, client0 = group_cpu_s(proc.pid), time.process_time()
 
-    async def loop(c: Conn) -> None:
-        while time.monotonic() < until:
-            sent = time.monotonic()
-            try:
-                status, _h, _b = await c.request("GET", "/healthz")
-                if status != 200:
-                    fails.append(f"HTTP {status}")
-            except HttpError as exc:
-                fails.append(str(exc))
-            lat.append(time.monotonic() - sent)
-
     try:
-        await asyncio.gather(*(loop(c) for c in conns))
+        await asyncio.gather(*(probe_health(port, until, lat, fails, 0.0, c) for c in conns))
         wall = time.monotonic() - t0
         server_cpu, client_cpu = group_cpu_s(proc.pid) - cpu0, time.process_time() - client0
     finally:
