@@ -16,6 +16,10 @@ Scenarios (``--scenarios``, each run on every backend of ``--backends``):
 ``bodies``      ``think`` while 4 anonymous clients each send a 50 MB body to ``POST /api/rounds/1/guess``;
                 ``/healthz`` is probed every 100 ms, and the server's memory (RSS of all its processes) is
                 sampled every 100 ms.
+``floor``       the throughput floor of the stack: the same 100 connections send ``GET /healthz`` (through
+                uvicorn, the limits and FastAPI, no database) without pause; and ``bare``: the same against
+                uvicorn serving a 10-line ASGI app with the game's HTTP protocol and workers. Their req/s and
+                CPU ms per request bound what any game request can reach on this machine.
 
 After each run the campaign is exported through the admin API and compared with the acknowledged answers:
 ``exact`` means every acknowledged label is exported exactly once and nothing else is. Latency percentiles
@@ -375,8 +379,10 @@ async def big_body(port: int, size: int, stop_at: float) -> str:
         writer.close()
 
 
-async def probe_health(port: int, until: float, out: list[float], failures: list[str]) -> None:
-    conn = Conn(port, timeout=10.0)
+async def probe_health(port: int, until: float, out: list[float], failures: list[str], interval: float = 0.1,
+                       conn: Conn | None = None) -> None:
+    """``GET /healthz`` every ``interval`` seconds (0: back to back) until ``until``; latencies to ``out``."""
+    conn = conn or Conn(port, timeout=10.0)
     while time.monotonic() < until:
         t0 = time.monotonic()
         try:
@@ -386,7 +392,8 @@ async def probe_health(port: int, until: float, out: list[float], failures: list
         except HttpError as exc:
             failures.append(str(exc))
         out.append(time.monotonic() - t0)
-        await asyncio.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+        if interval > 0:
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
     conn.close()
 
 
@@ -394,6 +401,58 @@ async def sample_memory(pgid: int, until: float, out: list[float]) -> None:
     while time.monotonic() < until:
         out.append(await asyncio.to_thread(group_rss_mb, pgid))
         await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------
+# the floor: an empty request
+# ---------------------------------------------------------------------------
+async def bare_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    """The smallest ASGI app: ``ok`` for every HTTP request (served by ``bare`` runs)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def start_bare(port: int, workers: int, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent), "load_game:bare_app",
+         "--host", HOST, "--port", str(port), "--workers", str(workers), "--no-access-log",
+         "--log-level", "warning", "--http", "featurelens.game.server:LimitedH11Protocol"],
+        env=dict(os.environ), stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+async def run_floor(scenario: str, backend: str, db_url: str, args: argparse.Namespace, work: Path) -> dict:
+    """``floor`` / ``bare``: every player's connection sends ``GET /healthz`` back to back."""
+    port = free_port()
+    log = work / f"server-{backend}-{scenario}.log"
+    proc = (start_bare(port, args.workers, log) if scenario == "bare"
+            else start(db_url, port, args.workers, log, args.serve_arg))
+    await asyncio.to_thread(wait_ready, proc, port)
+    conns = [Conn(port) for _ in range(args.players)]
+    lat: list[float] = []
+    fails: list[str] = []
+    load0, t0 = loadavg(), time.monotonic()
+    until = t0 + min(args.duration, 20.0)
+    cpu0, client0 = group_cpu_s(proc.pid), time.process_time()
+
+    try:
+        await asyncio.gather(*(probe_health(port, until, lat, fails, 0.0, c) for c in conns))
+        wall = time.monotonic() - t0
+        server_cpu, client_cpu = group_cpu_s(proc.pid) - cpu0, time.process_time() - client0
+    finally:
+        for c in conns:
+            c.close()
+        stop(proc)
+    return {"scenario": scenario, "backend": "none" if scenario == "bare" else backend, "players": args.players,
+            "workers": args.workers, "duration_s": round(wall, 1), "think_s": 0.0, "load_avg": [load0, loadavg()],
+            "requests": len(lat), "requests_per_s": len(lat) / wall, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
+            "p99_ms": pct(lat, 99), "max_ms": 1000 * max(lat) if lat else float("nan"), "errors": len(fails),
+            "error_kinds": collections.Counter(fails).most_common(5), "exact": None,
+            "labels_acked": 0, "labels_exported": 0,
+            "server_cpu_ms_per_req": 1000 * server_cpu / max(len(lat), 1),
+            "client_cpu_ms_per_req": 1000 * client_cpu / max(len(lat), 1)}
 
 
 # ---------------------------------------------------------------------------
@@ -510,6 +569,8 @@ async def run_load(scenario: str, backend: str, db_url: str, args: argparse.Name
 # table
 # ---------------------------------------------------------------------------
 def verdict(r: dict) -> str:
+    if r["scenario"] in ("floor", "bare"):
+        return "(floor)"
     ok = r["exact"] and r["errors"] == 0
     bound, floor = TARGETS.get((r["scenario"], r["backend"]), (None, None))
     if bound is not None:
@@ -540,7 +601,8 @@ def table(results: list[dict]) -> str:
         out.append(f"| {r['scenario']} | {r['backend']} | {r['load_avg'][0]:.1f}–{r['load_avg'][1]:.1f} | "
                    f"{r['requests_per_s']:.0f} | {r['p50_ms']:.0f} ms | {r['p90_ms']:.0f} ms | "
                    f"{r['p99_ms']:.0f} ms | {r['max_ms']:.0f} ms | {r['errors']} | "
-                   f"{r['labels_acked']} = {r['labels_exported']} ({'yes' if r['exact'] else 'NO'}) | "
+                   + ("– | " if r["exact"] is None else
+                      f"{r['labels_acked']} = {r['labels_exported']} ({'yes' if r['exact'] else 'NO'}) | ") +
                    f"{cpu} | {other} | "
                    f"{verdict(r)} |")
     return "\n".join(out)
@@ -564,7 +626,7 @@ def main() -> int:
         ap.error("keep it bounded: 1-500 players, 1-600 s")
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in scenarios:
-        if s not in ("think", "saturation", "kill", "bodies"):
+        if s not in ("think", "saturation", "kill", "bodies", "floor", "bare"):
             ap.error(f"unknown scenario {s!r}")
 
     from featurelens.game import store
@@ -583,12 +645,15 @@ def main() -> int:
             if backend not in ("sqlite", "postgres"):
                 ap.error(f"unknown backend {backend!r}")
             for scenario in scenarios:
+                if scenario == "bare" and any(r["scenario"] == "bare" for r in results):
+                    continue  # no database: once is enough
                 url = str(work / f"load-{scenario}.sqlite3") if backend == "sqlite" else pg_database(args.pg_url)
                 engine = make_engine(url)
                 migrate(engine)
                 store.import_bundle(Database(engine), bundle, "load")
                 engine.dispose()
-                res = asyncio.run(run_load(scenario, backend, url, args, work))
+                runner = run_floor if scenario in ("floor", "bare") else run_load
+                res = asyncio.run(runner(scenario, backend, url, args, work))
                 results.append(res)
                 print(json.dumps(res, default=str), flush=True)
     print(f"\n{args.players} players, --workers {args.workers}, {args.duration:g} s per run, think time "
@@ -602,7 +667,14 @@ def main() -> int:
                       f"{r['p99_ms'] / base['p99_ms']:.2f}, req/s {r['requests_per_s'] / base['requests_per_s']:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    return 0 if all(r["exact"] for r in results) else 1
+    floor = {r["backend"]: r for r in results if r["scenario"] in ("floor", "bare")}
+    for r in results:
+        if r["scenario"] == "saturation":
+            for name, f in floor.items():
+                print(f"saturation {r['backend']} vs the {f['scenario']} floor ({name}): req/s "
+                      f"{r['requests_per_s'] / f['requests_per_s']:.2f}, server CPU ms/req "
+                      f"{r['server_cpu_ms_per_req']:.2f} vs {f['server_cpu_ms_per_req']:.2f}")
+    return 0 if all(r["exact"] is not False for r in results) else 1
 
 
 if __name__ == "__main__":

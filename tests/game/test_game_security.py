@@ -111,6 +111,8 @@ def test_one_player_cannot_act_for_or_read_another(app):
     b.signup()
     ra = a.start()
     a.reveal(ra["id"])
+    for kind in ("r0", "r1"):  # now in the worker's image cache: the cache must not skip the round check
+        assert a.c.get(f"/round/{ra['id']}/image/{kind}.jpg").status_code == 200
     # b sees a's round as missing, cannot reveal, answer, or fetch its images
     assert b.c.get(f"/api/rounds/{ra['id']}").status_code == 404
     assert b.reveal(ra["id"]).status_code == 404

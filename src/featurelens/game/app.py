@@ -108,7 +108,7 @@ def create_app(
     secure_cookies: bool | None = None,
     hasher: store.PasswordHasher | None = None,
     run_migrations: bool = True,
-    pool_size: int = 10,
+    pool_size: int = 40,
     limits: Limits | None = None,
     signup_limit: tuple[int, float] | None = (20, 3600.0),
     login_address_limit: tuple[int, float] | None = (100, 300.0),
@@ -193,7 +193,7 @@ def create_app(
             lang = i18n.valid_language(request.cookies.get(LANG_COOKIE))
             player = current(request)
             if lang is None and player is not None:
-                lang = i18n.valid_language(store.player_language(db, player.player_id))
+                lang = i18n.valid_language(player.language)  # read with the session
             state["lang"] = lang or i18n.negotiate(request.headers.get("accept-language")) or i18n.DEFAULT
         return state["lang"]
 
@@ -505,7 +505,7 @@ def create_app(
                     stats=store.player_stats(db, player.player_id))
 
     @app.get("/healthz", response_class=PlainTextResponse)
-    def healthz() -> str:
+    async def healthz() -> str:  # no thread hop: the cheapest request, a floor for load tests
         return "ok"
 
     # -- JSON API ---------------------------------------------------------------------
@@ -587,11 +587,11 @@ def create_app(
         return {"round": _round_json(store.get_round(db, player.player_id, round_id), request)}
 
     @app.post("/api/rounds/{round_id}/reveal")
-    def api_reveal(request: Request, round_id: int, body: Annotated[Reveal | None, Body()] = None) -> dict[str, Any]:
+    def api_reveal(request: Request, round_id: int, body: Annotated[Reveal | None, Body()] = None) -> Response:
         player = api_player(request)
         check_csrf(request, None)
         view = store.reveal_more(db, player.player_id, round_id, body.to_step if body else None)
-        return {"round": _round_json(view, request)}
+        return JSONResponse({"round": _round_json(view, request)})
 
     def _api_answer(request: Request, round_id: int, body: Answer, give_up: bool) -> Response:
         player = api_player(request)

@@ -14,20 +14,21 @@ so several workers can start at once.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from featurelens.errors import FeaturelensError
 
 T = TypeVar("T")
+_Job = tuple[Callable[[Any], object], "Future[object]", int, bool]  # fn, its result, attempts, Core job
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_LOCK_ID = 0x6665_6174  # "feat"
@@ -57,15 +59,18 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
-    """Create the engine with the SQLite/PostgreSQL settings described in the module docstring."""
+def make_engine(database_url: str, *, pool_size: int = 40) -> Engine:
+    """Create the engine with the SQLite/PostgreSQL settings described in the module docstring.
+
+    ``pool_size`` (40) matches the request thread pool of a worker (anyio's default), so that a busy
+    worker keeps its connections instead of opening and closing overflow ones on every request."""
     url = make_url(normalize_url(database_url))
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
             raise GameError("the game needs a SQLite *file* (several connections share it); got an in-memory URL")
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                               pool_size=pool_size, max_overflow=2 * pool_size)
+                               pool_size=pool_size, max_overflow=pool_size // 4)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -80,11 +85,12 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         @event.listens_for(engine, "begin")
         def _on_begin(conn):  # type: ignore[no-untyped-def]
             mode = conn.get_execution_options().get("sqlite_begin", "")
-            conn.exec_driver_sql(f"BEGIN {mode}".strip())
+            if mode != "NONE":  # NONE: autocommit reads, each statement its own snapshot (Database.connect)
+                conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
         return engine
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_recycle=1800)
+        return create_engine(url, pool_size=pool_size, max_overflow=pool_size // 4, pool_recycle=1800)
     raise GameError(f"unsupported database {url.get_backend_name()!r}: use sqlite:///FILE or postgresql+psycopg://...")
 
 
@@ -163,13 +169,14 @@ class _GroupCommit:
 
     def __init__(self, factory: Callable[[], Session], lock: _FileLock, max_batch: int = 64) -> None:
         self._factory, self._lock, self._max_batch = factory, lock, max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[[Session], object], Future[object], int] | None] = (
-            queue.SimpleQueue())
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.batches = self.jobs = 0  # counters, for tests and benchmarks
 
-    def submit(self, fn: Callable[[Session], T], attempts: int) -> T:
+    def submit(self, fn: Callable[[Any], T], attempts: int, core: bool = False) -> T:
+        """Queue ``fn`` and wait for its batch's commit; ``core``: ``fn`` takes the batch's Core
+        connection (cheaper than the ORM session, for jobs of plain Core statements)."""
         if self._thread is None or not self._thread.is_alive():
             with self._start_lock:
                 if self._thread is None or not self._thread.is_alive():
@@ -177,7 +184,7 @@ class _GroupCommit:
                                                     daemon=True)
                     self._thread.start()
         fut: Future[object] = Future()
-        self._queue.put((fn, fut, attempts))
+        self._queue.put((fn, fut, attempts, core))
         return fut.result()  # type: ignore[return-value]
 
     def stop(self) -> None:
@@ -202,17 +209,23 @@ class _GroupCommit:
                 batch.append(more)
             self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Callable[[Session], object], Future[object], int]]) -> None:
-        attempts = max(a for _f, _u, a in batch)
+    def _commit(self, batch: list[_Job]) -> None:
+        attempts = max(job[2] for job in batch)
         for attempt in range(attempts):
             outcomes: list[tuple[Future[object], object, BaseException | None]] = []
             try:
                 with self._lock.held(), self._factory() as session:
                     try:
-                        for fn, fut, _a in batch:
+                        conn: Connection | None = None
+                        for fn, fut, _a, core in batch:
                             try:
-                                with session.begin_nested():
-                                    result = fn(session)
+                                if core:
+                                    conn = conn or session.connection()
+                                    with conn.begin_nested():
+                                        result = fn(conn)
+                                else:
+                                    with session.begin_nested():
+                                        result = fn(session)
                                 outcomes.append((fut, result, None))
                             except DBAPIError as exc:
                                 if _retryable(exc):
@@ -228,12 +241,12 @@ class _GroupCommit:
                 if attempt < attempts - 1 and _retryable(exc):
                     time.sleep(0.02 * 2**attempt)
                     continue
-                for _fn, fut, _a in batch:
-                    fut.set_exception(exc)
+                for job in batch:
+                    job[1].set_exception(exc)
                 return
             except BaseException as exc:  # handed to every waiting caller
-                for _fn, fut, _a in batch:
-                    fut.set_exception(exc)
+                for job in batch:
+                    job[1].set_exception(exc)
                 return
             self.batches += 1
             self.jobs += len(batch)
@@ -243,6 +256,40 @@ class _GroupCommit:
                 else:
                     fut.set_exception(error)
             return
+
+
+class BytesCache:
+    """A thread-safe LRU of immutable byte strings, bounded by their total size (``max_bytes``).
+
+    The game keeps each worker's recently served images here (rendered reveal steps, overlays and photos
+    never change once imported), so an image request costs one small query for the round, not a blob read."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes, self.size = max_bytes, 0
+        self._items: collections.OrderedDict[Hashable, bytes] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> bytes | None:
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key: Hashable, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:
+            return  # a single huge item would evict everything
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.size -= len(old) if old is not None else 0
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _k, gone = self._items.popitem(last=False)
+                self.size -= len(gone)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class Database:
@@ -256,9 +303,16 @@ class Database:
         self.engine = engine
         write_engine = engine.execution_options(sqlite_begin="IMMEDIATE") if is_sqlite(engine) else engine
         self._read = sessionmaker(engine, expire_on_commit=False)
+        # Core reads of the hot paths: no BEGIN / ROLLBACK round trips (see connect)
+        self._core_read = (engine.execution_options(sqlite_begin="NONE") if is_sqlite(engine)
+                           else engine.execution_options(isolation_level="AUTOCOMMIT"))
         self._write = sessionmaker(write_engine, expire_on_commit=False)
+        self._write_engine = write_engine
         self._lock: _FileLock | None = None
         self._group: _GroupCommit | None = None
+        # per-process caches of data that never changes once imported (see featurelens.game.store)
+        self.assets = BytesCache()
+        self.immutable: dict[Hashable, object] = {}
         if is_sqlite(engine):
             self._lock = _FileLock(str(engine.url.database) + ".write-lock")
             self._group = _GroupCommit(self._write, self._lock)
@@ -267,6 +321,15 @@ class Database:
     def read(self) -> Iterator[Session]:
         with self._read() as session:
             yield session
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A Core connection for reads in autocommit mode: the hot paths' cheap alternative to an ORM
+        session. Each statement sees the committed state when it runs (no snapshot across statements):
+        callers read one row and derive the rest from data that never changes, or from rows committed
+        together with it (a finished round's labels)."""
+        with self._core_read.connect() as conn:
+            yield conn
 
     def write(self, fn: Callable[[Session], T], *, attempts: int = 6) -> T:
         """Run ``fn(session)`` in one transaction and commit; retry on deadlock / lock timeouts.
@@ -287,6 +350,21 @@ class Database:
                         raise
                 except BaseException:
                     session.rollback()
+                    raise
+            time.sleep(0.02 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def write_core(self, fn: Callable[[Connection], T], *, attempts: int = 6) -> T:
+        """:meth:`write` for a job of plain Core statements: ``fn(connection)``, without an ORM session
+        (same transaction, retry and acknowledgement rules)."""
+        if self._group is not None:
+            return self._group.submit(fn, attempts, core=True)
+        for attempt in range(attempts):
+            try:
+                with self._write_engine.begin() as conn:
+                    return fn(conn)
+            except DBAPIError as exc:
+                if attempt == attempts - 1 or not _retryable(exc):
                     raise
             time.sleep(0.02 * 2**attempt)
         raise AssertionError("unreachable")

@@ -45,10 +45,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from sqlalchemy import Integer, and_, delete, func, insert, select, update
+from sqlalchemy import Integer, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
-from sqlalchemy.orm import aliased
 
 from featurelens.game.db import Database, GameError
 from featurelens.game.masks import REVEAL_Q, encode_jpeg
@@ -244,23 +243,27 @@ def _render_inputs(photo: bytes, map_npy: bytes, sigma: float | None) -> tuple[n
     return rgb, image_map(m, rgb.shape[:2], sigma)
 
 
-def render_asset(s: OrmSession, cluster: Cluster, kind: str) -> bytes | None:
+def render_asset(conn: Any, cluster_pk: int, kind: str) -> bytes | None:
     """A map's reveal step ``r<i>`` or its ``overlay`` (JPEG), rendered on demand from the map stored at
     import (feature resolution, kind ``map``) over the campaign's photo, with the rule of
-    :mod:`featurelens.network.render` and :func:`featurelens.game.masks.reveal`; ``None`` if there is none."""
-    data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == cluster.id, ClusterAsset.kind == "map"))
+    :mod:`featurelens.network.render` and :func:`featurelens.game.masks.reveal`; ``None`` if there is none.
+    ``conn``: a SQLAlchemy connection or session (the request path reads with Core)."""
+    c, k, a, i = Cluster.__table__, Campaign.__table__, ClusterAsset.__table__, Image.__table__
+    data = conn.scalar(select(a.c.data).where(a.c.cluster_pk == cluster_pk, a.c.kind == "map"))
     if data is None:
         return None
-    params = json.loads(s.scalar(select(Campaign.params_json).where(Campaign.id == cluster.campaign_id)) or "{}")
+    params = json.loads(conn.scalar(select(k.c.params_json).join(c, c.c.campaign_id == k.c.id)
+                                    .where(c.c.id == cluster_pk)) or "{}")
     qs = params.get("reveal_q") or REVEAL_Q
     if kind != "overlay" and not (re.fullmatch(r"r[0-9]{1,2}", kind) and int(kind[1:]) < len(qs)):
         return None
+    photo = conn.scalar(select(i.c.photo).join(c, c.c.image_pk == i.c.id).where(c.c.id == cluster_pk))
     sigma = params.get("smooth_sigma")
     q = None if kind == "overlay" else float(qs[int(kind[1:])])
-    return _render_jpeg(bytes(cluster.image.photo), bytes(data), float(sigma) if sigma else None, q)
+    return _render_jpeg(bytes(photo), bytes(data), float(sigma) if sigma else None, q)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=64)
 def _render_jpeg(photo: bytes, map_data: bytes, sigma: float | None, q: float | None) -> bytes:
     """One rendered step (``q`` %) or the overlay (``q = None``) as JPEG, cached by content: every player
     of a map asks for the same steps."""
@@ -451,6 +454,7 @@ class PlayerSession:
     player_id: int
     username: str
     csrf_token: str
+    language: str | None = None  # the player's chosen UI language, if any
 
 
 def _token_hash(token: str) -> str:
@@ -603,13 +607,9 @@ def open_session(db: Database, player_id: int) -> PlayerSession:
 def get_session(db: Database, token: str | None) -> PlayerSession | None:
     if not token or len(token) > 200:
         return None
-    with db.read() as s:
-        row = s.execute(
-            select(Session.player_id, Session.csrf_token, Player.username)
-            .join(Player, Player.id == Session.player_id)
-            .where(Session.token_hash == _token_hash(token), Session.expires_at > utcnow())
-        ).first()
-    return PlayerSession(token, row.player_id, row.username, row.csrf_token) if row else None
+    with db.connect() as conn:
+        row = conn.execute(_Q_SESSION, {"th": _token_hash(token), "now": utcnow()}).first()
+    return PlayerSession(token, row.player_id, row.username, row.csrf_token, row.language) if row else None
 
 
 def close_session(db: Database, token: str) -> None:
@@ -764,118 +764,256 @@ def _campaign(s: OrmSession, name: str | None) -> Campaign:
     return camp
 
 
-def _round_view(s: OrmSession, rnd: Round, campaign: Campaign | None = None) -> RoundView:
-    camp = campaign or s.get(Campaign, rnd.campaign_id)
-    assert camp is not None
-    cl = rnd.cluster
+# -- the hot paths (next round, reveal, answer, image, session) in SQLAlchemy Core ---------------------
+# Statements are built once at import time (SQLAlchemy then reuses their compiled form); reads run on a
+# Core connection outside any write transaction, and a write job does only its conditional statements,
+# so the serialised part (SQLite's single writer) stays short. Maps, images and campaign class lists
+# never change once imported: each worker keeps them in ``Database.immutable`` / ``Database.assets``.
+_R, _C, _I, _A, _L, _K = (m.__table__ for m in (Round, Cluster, Image, ClusterAsset, Label, Campaign))
+_S, _P = Session.__table__, Player.__table__
+_ROUND_COLS = (_R.c.id, _R.c.player_id, _R.c.cluster_pk, _R.c.campaign_id, _R.c.status, _R.c.reveal_step,
+               _R.c.guessed_class, _R.c.correct, _R.c.guess_points, _R.c.finish_key, _R.c.is_gold,
+               _R.c.seen_before)
+_Q_ROUND = select(*_ROUND_COLS).where(_R.c.id == bindparam("rid"), _R.c.player_id == bindparam("pid"))
+_Q_OPEN = (select(*_ROUND_COLS).where(_R.c.player_id == bindparam("pid"), _R.c.campaign_id == bindparam("cid"),
+                                      _R.c.status == "open").order_by(_R.c.id).limit(1))
+_Q_HAS_OPEN = select(_R.c.id).where(_R.c.player_id == bindparam("pid"), _R.c.campaign_id == bindparam("cid"),
+                                    _R.c.status == "open").limit(1)
+_Q_MAP = (select(_C.c.campaign_id, _C.c.cluster_key, _C.c.layer, _C.c.cluster_index, _C.c.gold_labels_json,
+                 _I.c.image_key, _I.c.true_class, _I.c.predicted_class, _I.c.photo_hash)
+          .join(_I, _I.c.id == _C.c.image_pk).where(_C.c.id == bindparam("cpk")))
+_CAMP_COLS = (_K.c.id, _K.c.name, _K.c.class_names_json, _K.c.seen_policy, _K.c.agreement_rule)
+_CAMP_ORDER = (_K.c.created_at.desc(), _K.c.id.desc())
+_Q_CAMP_NAMED = select(*_CAMP_COLS).where(_K.c.name == bindparam("name")).order_by(*_CAMP_ORDER).limit(1)
+_Q_CAMP_ACTIVE = select(*_CAMP_COLS).where(_K.c.active.is_(True)).order_by(*_CAMP_ORDER).limit(1)
+_Q_CAMP_ID = select(*_CAMP_COLS).where(_K.c.id == bindparam("cid"))
+_Q_LABELS = select(_L.c.text, _L.c.points).where(_L.c.round_id == bindparam("rid")).order_by(_L.c.position)
+_Q_SESSION = (select(_S.c.player_id, _S.c.csrf_token, _P.c.username, _P.c.language)
+              .join(_P, _P.c.id == _S.c.player_id)
+              .where(_S.c.token_hash == bindparam("th"), _S.c.expires_at > bindparam("now")))
+_Q_ASSET = select(_A.c.data).where(_A.c.cluster_pk == bindparam("cpk"), _A.c.kind == bindparam("kind"))
+_Q_PHOTO = select(_I.c.photo).join(_C, _C.c.image_pk == _I.c.id).where(_C.c.id == bindparam("cpk"))
+
+
+def _seen_subquery(extra: Sequence[Any] = ()):  # type: ignore[no-untyped-def]
+    """SHA-256 of every photo the player ``:pid`` has seen (the photos of their finished rounds)."""
+    im, cl, rd = _I.alias("seen_im"), _C.alias("seen_cl"), _R.alias("seen_rd")
+    q = (select(im.c.photo_hash).join(cl, cl.c.image_pk == im.c.id).join(rd, rd.c.cluster_pk == cl.c.id)
+         .where(rd.c.player_id == bindparam("pid"), rd.c.status != "open", im.c.photo_hash.is_not(None)))
+    return q.where(*(f(im, rd) for f in extra))
+
+
+_SEEN_FLAG = _I.c.photo_hash.in_(_seen_subquery())
+# has the player :pid seen the photo :ph in a finished round other than :rid?
+_Q_SEEN_ONE = _seen_subquery([lambda im, rd: rd.c.id != bindparam("rid"),
+                              lambda im, rd: im.c.photo_hash == bindparam("ph")]).limit(1)
+
+
+def _pick_query(gold: bool, skip_seen: bool):  # type: ignore[no-untyped-def]
+    q = (select(_C.c.id, _C.c.is_gold, _SEEN_FLAG.label("seen")).join(_I, _I.c.id == _C.c.image_pk)
+         .where(_C.c.campaign_id == bindparam("cid"), _C.c.is_gold.is_(gold),
+                _C.c.id.not_in(select(_R.c.cluster_pk).where(_R.c.player_id == bindparam("pid")))))
+    if skip_seen:
+        q = q.where(~_SEEN_FLAG)
+    return q.order_by(func.cast(_SEEN_FLAG, Integer), _C.c.label_count + _C.c.open_count, func.random()).limit(1)
+
+
+_Q_PICK = {(g, k): _pick_query(g, k) for g in (False, True) for k in (False, True)}
+_INS_ROUND = insert(_R)
+_UPD_OPEN_INC = update(_C).where(_C.c.id == bindparam("cpk")).values(open_count=_C.c.open_count + 1)
+_UPD_REVEAL = (update(_R).where(_R.c.id == bindparam("rid"), _R.c.player_id == bindparam("pid"),
+                                _R.c.status == "open", _R.c.reveal_step < bindparam("step"))
+               .values(reveal_step=bindparam("step")))
+_UPD_FINISH = (update(_R).where(_R.c.id == bindparam("rid"), _R.c.player_id == bindparam("pid"),
+                                _R.c.status == "open")
+               .values(status=bindparam("st"), guessed_class=bindparam("g"), correct=bindparam("ok"),
+                       guess_points=bindparam("gp"), finish_key=bindparam("fk"), finished_at=bindparam("at"),
+                       gold_hit=bindparam("gh"), seen_before=bindparam("sb"), client_key=bindparam("ck")))
+_Q_OTHERS = (select(_L.c.id, _L.c.player_id, _L.c.text, _L.c.norm, _R.c.client_key)
+             .join(_R, _R.c.id == _L.c.round_id)
+             .where(_L.c.cluster_pk == bindparam("cpk"), _L.c.player_id != bindparam("pid")))
+_INS_LABELS = insert(_L)
+_UPD_VERIFY = update(_L).where(_L.c.id.in_(bindparam("ids", expanding=True))).values(verified=True)
+_UPD_BUMP = (update(_L).where(_L.c.id.in_(bindparam("ids", expanding=True)), _L.c.points < AGREE_POINTS * AGREE_CAP)
+             .values(points=_L.c.points + AGREE_POINTS))
+_UPD_CLUSTER_DONE = {
+    name: update(_C).where(_C.c.id == bindparam("cpk")).values(
+        label_count=_C.c.label_count + bindparam("n"), open_count=fn(_C.c.open_count - 1, 0))
+    for name, fn in (("sqlite", func.max), ("postgresql", func.greatest))
+}
+
+
+@dataclass(frozen=True)
+class _MapInfo:
+    """What a round shows of its map; immutable once imported."""
+
+    campaign_id: int
+    cluster_key: str
+    layer: str
+    cluster_index: int
+    image_key: str
+    truth: str
+    photo_hash: str | None
+    gold_labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Camp:
+    id: int
+    name: str
+    class_names: tuple[str, ...]
+    seen_policy: str
+    agreement_rule: str
+
+
+_IMMUTABLE_MAX = 200_000  # cached map / campaign entries per worker; beyond, the cache starts afresh
+
+
+def _map_info(db: Database, conn: Any, cluster_pk: int) -> _MapInfo:
+    key = ("map", cluster_pk)
+    info = db.immutable.get(key)
+    if info is None:
+        r = conn.execute(_Q_MAP, {"cpk": cluster_pk}).one()
+        info = _MapInfo(r.campaign_id, r.cluster_key, r.layer, int(r.cluster_index), r.image_key,
+                        r.true_class or r.predicted_class, r.photo_hash, tuple(json.loads(r.gold_labels_json)))
+        if len(db.immutable) >= _IMMUTABLE_MAX:
+            db.immutable.clear()
+        db.immutable[key] = info
+    return info  # type: ignore[return-value]
+
+
+def _camp(row: Any) -> _Camp:
+    return _Camp(row.id, row.name, tuple(json.loads(row.class_names_json)), row.seen_policy, row.agreement_rule)
+
+
+def _campaign_core(conn: Any, name: str | None) -> _Camp:
+    row = (conn.execute(_Q_CAMP_NAMED, {"name": name}) if name else conn.execute(_Q_CAMP_ACTIVE)).first()
+    if row is None:
+        raise NotFound(f"no campaign named {name!r}" if name else "no campaign has been imported yet")
+    return _camp(row)
+
+
+def _camp_names(db: Database, conn: Any, campaign_id: int) -> tuple[str, tuple[str, ...]]:
+    """A campaign's name and class list (both fixed at import)."""
+    key = ("camp", campaign_id)
+    hit = db.immutable.get(key)
+    if hit is None:
+        c = _camp(conn.execute(_Q_CAMP_ID, {"cid": campaign_id}).one())
+        hit = db.immutable[key] = (c.name, c.class_names)
+    return hit  # type: ignore[return-value]
+
+
+def _view(db: Database, conn: Any, rnd: Any, labels: list[dict[str, Any]] | None = None) -> RoundView:
+    """The :class:`RoundView` of a round row (a Core row or an ORM ``Round``: the same attribute names).
+    A finished round's labels are read from ``conn`` unless given."""
+    info = _map_info(db, conn, rnd.cluster_pk)
+    camp_name, classes = _camp_names(db, conn, rnd.campaign_id)
     view = RoundView(
-        id=rnd.id, campaign=camp.name, cluster_id=cl.cluster_key, image_id=cl.image.image_key, layer=cl.layer,
-        cluster_index=cl.cluster_index, status=rnd.status, reveal_step=rnd.reveal_step,
-        q_percent=REVEAL_Q[rnd.reveal_step], max_step=len(REVEAL_Q) - 1,
-        class_names=json.loads(camp.class_names_json), is_gold=rnd.is_gold, label_only=bool(rnd.seen_before),
+        id=rnd.id, campaign=camp_name, cluster_id=info.cluster_key, image_id=info.image_key, layer=info.layer,
+        cluster_index=info.cluster_index, status=rnd.status, reveal_step=rnd.reveal_step,
+        q_percent=REVEAL_Q[rnd.reveal_step], max_step=len(REVEAL_Q) - 1, class_names=list(classes),
+        is_gold=bool(rnd.is_gold), label_only=bool(rnd.seen_before),
     )
     if rnd.status != "open":
         view.guessed_class = rnd.guessed_class
-        view.correct = rnd.correct
-        view.true_class = cl.image.true_class or cl.image.predicted_class
+        view.correct = bool(rnd.correct)
+        view.true_class = info.truth
         view.guess_points = rnd.guess_points
-        labels = s.execute(
-            select(Label.text, Label.points).where(Label.round_id == rnd.id).order_by(Label.position)
-        ).all()
-        view.labels = [{"text": t, "points": p} for t, p in labels]
+        if labels is None:
+            labels = [{"text": t, "points": p} for t, p in conn.execute(_Q_LABELS, {"rid": rnd.id})]
+        view.labels = labels
     return view
 
 
-def next_round(db: Database, player_id: int, campaign: str | None = None, *, gold_rate: float = 0.1,
-               rng: random.Random | None = None) -> RoundView | None:
-    """The player's open round, or a new one on the best map for them; ``None`` when none is left."""
-    rng = rng or random.Random()
-    use_gold = rng.random() < gold_rate
-
-    def _w(s: OrmSession) -> RoundView | None:
-        camp = _campaign(s, campaign)
-        open_rnd = s.scalars(
-            select(Round).where(Round.player_id == player_id, Round.campaign_id == camp.id, Round.status == "open")
-            .order_by(Round.id).limit(1)
-        ).first()
-        if open_rnd is not None:
-            return _round_view(s, open_rnd, camp)
-        had = select(Round.cluster_pk).where(Round.player_id == player_id)
-        seen_photo = Image.photo_hash.in_(_seen_photos(player_id))
-        pick = None
-        for gold in ((True, False) if use_gold else (False, True)):
-            q = (select(Cluster.id, Cluster.is_gold, seen_photo.label("seen"))
-                 .join(Image, Image.id == Cluster.image_pk)
-                 .where(Cluster.campaign_id == camp.id, Cluster.is_gold.is_(gold), Cluster.id.not_in(had)))
-            if camp.seen_policy == "skip":
-                q = q.where(~seen_photo)
-            pick = s.execute(
-                q.order_by(func.cast(seen_photo, Integer), Cluster.label_count + Cluster.open_count, func.random())
-                .limit(1)
-            ).first()
-            if pick is not None:
-                break
-        if pick is None:
-            return None
-        rnd = Round(player_id=player_id, cluster_pk=pick.id, campaign_id=camp.id, status="open", reveal_step=0,
-                    correct=False, guess_points=0, is_gold=bool(pick.is_gold), started_at=utcnow(),
-                    seen_before=bool(pick.seen))
-        s.add(rnd)
-        s.execute(update(Cluster).where(Cluster.id == pick.id).values(open_count=Cluster.open_count + 1),
-                  execution_options=_NO_SYNC)
-        s.flush()
-        return _round_view(s, rnd, camp)
-
-    for attempt in range(5):
-        try:
-            return db.write(_w)
-        except IntegrityError:  # two concurrent requests picked the same map for this player
-            if attempt == 4:
-                raise
-    return None
-
-
-def _seen_photos(player_id: int, exclude_round: int | None = None, photo_hash: str | None = None):  # type: ignore[no-untyped-def]
-    """Subquery: SHA-256 of every photo the player has seen (the photos of their finished rounds)."""
-    im, cl, rd = aliased(Image), aliased(Cluster), aliased(Round)
-    q = (select(im.photo_hash).join(cl, cl.image_pk == im.id).join(rd, rd.cluster_pk == cl.id)
-         .where(rd.player_id == player_id, rd.status != "open", im.photo_hash.is_not(None)))
-    if exclude_round is not None:
-        q = q.where(rd.id != exclude_round)
-    return q.where(im.photo_hash == photo_hash) if photo_hash is not None else q
-
-
-def _own_round(s: OrmSession, player_id: int, round_id: int) -> Round:
+def _check_round_id(round_id: int) -> None:
     if not 0 < round_id < 2**63:  # a database integer: a larger id cannot exist (and would not bind)
         raise NotFound("no such round")
-    rnd = s.get(Round, round_id)
-    if rnd is None or rnd.player_id != player_id:  # someone else's round looks exactly like a missing one
+
+
+def _own_round(conn: Any, player_id: int, round_id: int) -> Any:
+    """The round row, if it is the player's (someone else's round looks exactly like a missing one)."""
+    _check_round_id(round_id)
+    rnd = conn.execute(_Q_ROUND, {"rid": round_id, "pid": player_id}).first()
+    if rnd is None:
         raise NotFound("no such round")
     return rnd
 
 
+def next_round(db: Database, player_id: int, campaign: str | None = None, *, gold_rate: float = 0.1,
+               rng: random.Random | None = None) -> RoundView | None:
+    """The player's open round, or a new one on the best map for them; ``None`` when none is left.
+
+    The choice is read outside the write; the write inserts the round only if the player still has no
+    open round in the campaign (else the loop reads again and returns that one), and ``UNIQUE(player_id,
+    cluster_pk)`` refuses a map picked twice by concurrent requests (the loop picks again)."""
+    rng = rng or random.Random()
+    use_gold = rng.random() < gold_rate
+    for attempt in range(5):
+        with db.connect() as conn:
+            camp = _campaign_core(conn, campaign)
+            open_rnd = conn.execute(_Q_OPEN, {"pid": player_id, "cid": camp.id}).first()
+            if open_rnd is not None:
+                return _view(db, conn, open_rnd)
+            pick = None
+            for gold in ((True, False) if use_gold else (False, True)):
+                pick = conn.execute(_Q_PICK[(gold, camp.seen_policy == "skip")],
+                                    {"pid": player_id, "cid": camp.id}).first()
+                if pick is not None:
+                    break
+            if pick is None:
+                return None
+            info = _map_info(db, conn, pick.id)  # cached for the view, outside the write
+        row = {"player_id": player_id, "cluster_pk": pick.id, "campaign_id": camp.id, "status": "open",
+               "reveal_step": 0, "correct": False, "guess_points": 0, "is_gold": bool(pick.is_gold),
+               "started_at": utcnow(), "seen_before": bool(pick.seen)}
+
+        def _w(c: Any, row: dict[str, Any] = row, cid: int = camp.id, cpk: int = pick.id) -> int | None:
+            if c.execute(_Q_HAS_OPEN, {"pid": player_id, "cid": cid}).first() is not None:
+                return None  # a concurrent request opened one: return that
+            rid = c.execute(_INS_ROUND, row).inserted_primary_key[0]
+            c.execute(_UPD_OPEN_INC, {"cpk": cpk})
+            return int(rid)
+
+        try:
+            rid = db.write_core(_w)
+        except IntegrityError:  # two concurrent requests picked the same map for this player
+            if attempt == 4:
+                raise
+            continue
+        if rid is None:
+            continue
+        return RoundView(id=rid, campaign=camp.name, cluster_id=info.cluster_key, image_id=info.image_key,
+                         layer=info.layer, cluster_index=info.cluster_index, status="open", reveal_step=0,
+                         q_percent=REVEAL_Q[0], max_step=len(REVEAL_Q) - 1, class_names=list(camp.class_names),
+                         is_gold=bool(pick.is_gold), label_only=bool(pick.seen))
+    return None
+
+
 def get_round(db: Database, player_id: int, round_id: int) -> RoundView:
-    with db.read() as s:
-        return _round_view(s, _own_round(s, player_id, round_id))
+    with db.connect() as conn:
+        return _view(db, conn, _own_round(conn, player_id, round_id))
 
 
 def reveal_more(db: Database, player_id: int, round_id: int, to_step: int | None = None) -> RoundView:
     """Show more: set the round's reveal step to ``to_step`` (default: one more). Idempotent by design:
-    the step only grows, and a retried request for the same step changes nothing."""
-
-    def _w(s: OrmSession) -> RoundView:
-        rnd = _own_round(s, player_id, round_id)
-        if rnd.status != "open":
-            raise Conflict("this round is already finished")
-        target = rnd.reveal_step + 1 if to_step is None else int(to_step)
-        target = min(max(target, rnd.reveal_step), len(REVEAL_Q) - 1)
-        if target != rnd.reveal_step:
-            s.execute(update(Round).where(Round.id == rnd.id, Round.reveal_step < target).values(reveal_step=target),
-                      execution_options=_NO_SYNC)
-            s.refresh(rnd)
-        return _round_view(s, rnd)
-
-    return db.write(_w)
+    the step only grows (a conditional ``UPDATE``), and a retried request for the same step changes nothing."""
+    for _ in range(10):
+        with db.connect() as conn:
+            rnd = _own_round(conn, player_id, round_id)
+            if rnd.status != "open":
+                raise Conflict("this round is already finished")
+            target = rnd.reveal_step + 1 if to_step is None else int(to_step)
+            target = min(max(target, rnd.reveal_step), len(REVEAL_Q) - 1)
+            view = _view(db, conn, rnd)
+        if target == rnd.reveal_step:
+            return view
+        changed = db.write_core(lambda c, t=target: c.execute(
+            _UPD_REVEAL, {"rid": round_id, "pid": player_id, "step": t}).rowcount)
+        if changed == 1:
+            view.reveal_step, view.q_percent = target, REVEAL_Q[target]
+            return view
+        # a concurrent reveal went further or the round was finished meanwhile: read again
+    raise Conflict("this round changed too often; try again")
 
 
 @dataclass
@@ -885,9 +1023,10 @@ class FinishResult:
     points: int  # guess points + label points of this round (at the time of the answer)
 
 
-def _window_retry(s: OrmSession, at: Any, where: Any, limit: tuple[int, float], floor: float) -> float | None:
+def _window_retry(s: Any, at: Any, where: Any, limit: tuple[int, float], floor: float) -> float | None:
     """Sliding window: with ``limit = (n, seconds)``, the seconds (at least ``floor``) until fewer than
-    ``n`` rows matching ``where`` have their time column ``at`` inside the window; ``None`` if already so."""
+    ``n`` rows matching ``where`` have their time column ``at`` inside the window; ``None`` if already so.
+    ``s``: an ORM session or a Core connection."""
     count, window = limit
     since = utcnow() - dt.timedelta(seconds=window)
     times = s.scalars(select(at).where(where, at >= since).order_by(at)).all()
@@ -897,20 +1036,20 @@ def _window_retry(s: OrmSession, at: Any, where: Any, limit: tuple[int, float], 
     return max(floor, window - (utcnow() - oldest).total_seconds())
 
 
-def _check_rate(s: OrmSession, player_id: int, limit: tuple[int, float] | None) -> None:
+def _check_rate(s: Any, player_id: int, limit: tuple[int, float] | None) -> None:
     if not limit:
         return
-    retry = _window_retry(s, Round.finished_at, Round.player_id == player_id, limit, 0.1)
+    retry = _window_retry(s, _R.c.finished_at, _R.c.player_id == player_id, limit, 0.1)
     if retry is not None:
         raise RateLimited(f"slow down: at most {limit[0]} answers per {limit[1]:g} s", retry)
 
 
-def _passed_gold(s: OrmSession, player_ids: set[int]) -> set[int]:
+def _passed_gold(s: Any, player_ids: set[int]) -> set[int]:
     """The players among ``player_ids`` who passed gold checks: at least :data:`GOLD_MIN_ROUNDS` gold rounds
     with labels, and at least :data:`GOLD_MIN_RELIABILITY` of them agreeing with a known label."""
     rows = s.execute(
-        select(Round.player_id, func.count(Round.id), func.sum(func.cast(Round.gold_hit, Integer)))
-        .where(Round.player_id.in_(sorted(player_ids)), Round.gold_hit.is_not(None)).group_by(Round.player_id)
+        select(_R.c.player_id, func.count(_R.c.id), func.sum(func.cast(_R.c.gold_hit, Integer)))
+        .where(_R.c.player_id.in_(sorted(player_ids)), _R.c.gold_hit.is_not(None)).group_by(_R.c.player_id)
     ).all()
     return {pid for pid, n, hits in rows if n >= GOLD_MIN_ROUNDS and (hits or 0) / n >= GOLD_MIN_RELIABILITY}
 
@@ -951,7 +1090,10 @@ def finish_round(
 ) -> FinishResult:
     """Guess (``guessed_class`` given) or give up (``None``), storing the labels; see module docstring.
 
-    Agreement points follow the campaign's ``agreement_rule`` (see :func:`_independent`)."""
+    Agreement points follow the campaign's ``agreement_rule`` (see :func:`_independent`). The round, its
+    map and the campaign are read first; the write job then flips the round with a conditional ``UPDATE``
+    (``status='open'``), reads the other players' labels of the map and stores this answer's, all in one
+    transaction; the result is returned only after its commit."""
     matcher = matcher or LemmaMatcher()
     key = str(idempotency_key or "").strip()
     if not 8 <= len(key) <= 100:
@@ -961,90 +1103,82 @@ def finish_round(
     texts = validate_labels(labels, matcher, required=not gave_up)
     norms = [matcher.normalize(t) for t in texts]
 
-    def _replay(s: OrmSession, rnd: Round) -> FinishResult:
-        view = _round_view(s, rnd)
-        return FinishResult(view, True, int(view.guess_points or 0) + sum(x["points"] for x in view.labels))
-
-    def _w(s: OrmSession) -> FinishResult:
-        rnd = _own_round(s, player_id, round_id)
-        if rnd.status != "open":
-            if rnd.finish_key == key:
-                return _replay(s, rnd)
-            raise Conflict("this round is already finished")
-        _check_rate(s, player_id, rate_limit)
-        camp = s.get(Campaign, rnd.campaign_id)
-        assert camp is not None
-        classes = json.loads(camp.class_names_json)
+    for _ in range(3):
+        with db.connect() as conn:
+            rnd = _own_round(conn, player_id, round_id)
+            if rnd.status != "open":
+                if rnd.finish_key == key:
+                    view = _view(db, conn, rnd)
+                    return FinishResult(view, True, int(view.guess_points or 0) + sum(x["points"] for x in view.labels))
+                raise Conflict("this round is already finished")
+            view = _view(db, conn, rnd)
+            info = _map_info(db, conn, rnd.cluster_pk)
+            rule = conn.execute(_Q_CAMP_ID, {"cid": rnd.campaign_id}).one().agreement_rule
         guess = None
         if not gave_up:
-            by_key = {c.casefold(): c for c in classes}
+            by_key = {c.casefold(): c for c in view.class_names}
             guess = by_key.get(_clean(guessed_class or "").casefold())
             if guess is None:
                 raise ValidationError("choose the class from the campaign's class list")
-        img = rnd.cluster.image
-        truth = img.true_class or img.predicted_class
-        correct = guess is not None and guess == truth
-        seen_before = bool(rnd.seen_before) or (img.photo_hash is not None and s.scalar(
-            _seen_photos(player_id, rnd.id, img.photo_hash).limit(1)) is not None)
-        gpts = 0 if seen_before else guess_points(correct, rnd.reveal_step)
-        now = utcnow()
+        correct = guess is not None and guess == info.truth
         gold_hit = None
         if rnd.is_gold and texts:
-            gold = json.loads(rnd.cluster.gold_labels_json)
-            gold_hit = any(matcher.agree(t, g) for t in texts for g in gold)
-        res = s.execute(
-            update(Round).where(Round.id == rnd.id, Round.status == "open").values(
-                status="gave_up" if gave_up else "guessed", guessed_class=guess, correct=correct,
-                guess_points=gpts, finish_key=key, finished_at=now, gold_hit=gold_hit, seen_before=seen_before,
-                client_key=my_key),
-            execution_options=_NO_SYNC,
-        )
-        if res.rowcount != 1:
-            raise _Raced()
-        others = s.execute(
-            select(Label.id, Label.player_id, Label.text, Label.norm, Round.client_key)
-            .join(Round, Round.id == Label.round_id)
-            .where(Label.cluster_pk == rnd.cluster_pk, Label.player_id != player_id)
-        ).all()
-        rule = camp.agreement_rule
-        trusted = (_passed_gold(s, {o.player_id for o in others} | {player_id}) if rule == "gold" and others
-                   else set())
-        bump: set[int] = set()
-        total = gpts
-        for pos, (t, n) in enumerate(zip(texts, norms)):
-            agreeing = [o for o in others if _agrees(matcher, t, n, o.text, o.norm)]
-            sources = {_independent(rule, o.player_id, o.client_key, player_id, my_key, trusted) for o in agreeing}
-            sources.discard(None)
-            pts = AGREE_POINTS * min(len(sources), AGREE_CAP)
-            for o in agreeing:  # an earlier label earns once more if this answer is a new independent source
-                mine = _independent(rule, player_id, my_key, o.player_id, o.client_key, trusted)
-                before = {_independent(rule, a.player_id, a.client_key, o.player_id, o.client_key, trusted)
-                          for a in agreeing if a.id != o.id}
-                if mine is not None and mine not in before:
-                    bump.add(o.id)
-            s.add(Label(round_id=rnd.id, player_id=player_id, cluster_pk=rnd.cluster_pk, position=pos, text=t,
-                        norm=n, points=pts, created_at=now, verified=pts > 0, language=language))
-            total += pts
-        if bump:
-            ids = sorted(bump)
-            s.execute(update(Label).where(Label.id.in_(ids)).values(verified=True), execution_options=_NO_SYNC)
-            s.execute(update(Label).where(and_(Label.id.in_(ids), Label.points < AGREE_POINTS * AGREE_CAP))
-                      .values(points=Label.points + AGREE_POINTS), execution_options=_NO_SYNC)
-        s.execute(update(Cluster).where(Cluster.id == rnd.cluster_pk).values(
-            label_count=Cluster.label_count + len(texts),
-            open_count=func.max(Cluster.open_count - 1, 0) if s.bind.dialect.name == "sqlite"  # type: ignore[union-attr]
-            else func.greatest(Cluster.open_count - 1, 0)), execution_options=_NO_SYNC)
-        s.flush()
-        s.refresh(rnd)
-        return FinishResult(_round_view(s, rnd, camp), False, total)
+            gold_hit = any(matcher.agree(t, g) for t in texts for g in info.gold_labels)
 
-    for _ in range(3):
+        def _w(c: Any, rnd: Any = rnd, info: _MapInfo = info, rule: str = rule, guess: str | None = guess,
+               correct: bool = correct, gold_hit: bool | None = gold_hit) -> tuple[bool, int, list[dict[str, Any]], int]:
+            _check_rate(c, player_id, rate_limit)
+            seen_before = bool(rnd.seen_before) or (info.photo_hash is not None and c.execute(
+                _Q_SEEN_ONE, {"pid": player_id, "rid": rnd.id, "ph": info.photo_hash}).first() is not None)
+            gpts = 0 if seen_before else guess_points(correct, rnd.reveal_step)
+            now = utcnow()
+            res = c.execute(_UPD_FINISH, {"rid": rnd.id, "pid": player_id, "st": "gave_up" if gave_up else "guessed",
+                                          "g": guess, "ok": correct, "gp": gpts, "fk": key, "at": now, "gh": gold_hit,
+                                          "sb": seen_before, "ck": my_key})
+            if res.rowcount != 1:
+                raise _Raced()
+            others = c.execute(_Q_OTHERS, {"cpk": rnd.cluster_pk, "pid": player_id}).all()
+            trusted = (_passed_gold(c, {o.player_id for o in others} | {player_id}) if rule == "gold" and others
+                       else set())
+            bump: set[int] = set()
+            total = gpts
+            rows, shown = [], []
+            for pos, (t, n) in enumerate(zip(texts, norms)):
+                agreeing = [o for o in others if _agrees(matcher, t, n, o.text, o.norm)]
+                sources = {_independent(rule, o.player_id, o.client_key, player_id, my_key, trusted) for o in agreeing}
+                sources.discard(None)
+                pts = AGREE_POINTS * min(len(sources), AGREE_CAP)
+                for o in agreeing:  # an earlier label earns once more if this answer is a new independent source
+                    mine = _independent(rule, player_id, my_key, o.player_id, o.client_key, trusted)
+                    before = {_independent(rule, a.player_id, a.client_key, o.player_id, o.client_key, trusted)
+                              for a in agreeing if a.id != o.id}
+                    if mine is not None and mine not in before:
+                        bump.add(o.id)
+                rows.append({"round_id": rnd.id, "player_id": player_id, "cluster_pk": rnd.cluster_pk,
+                             "position": pos, "text": t, "norm": n, "points": pts, "created_at": now,
+                             "verified": pts > 0, "language": language})
+                shown.append({"text": t, "points": pts})
+                total += pts
+            if rows:
+                c.execute(_INS_LABELS, rows)
+            if bump:
+                ids = sorted(bump)
+                c.execute(_UPD_VERIFY, {"ids": ids})
+                c.execute(_UPD_BUMP, {"ids": ids})
+            c.execute(_UPD_CLUSTER_DONE[c.dialect.name], {"cpk": rnd.cluster_pk, "n": len(texts)})
+            return seen_before, gpts, shown, total
+
         try:
-            return db.write(_w)
+            seen_before, gpts, shown, total = db.write_core(_w)
         except _Raced:
             continue  # a concurrent request finished it first: read again (replay or conflict)
         except IntegrityError:
             raise Conflict("this idempotency key was already used for another round") from None
+        view.status = "gave_up" if gave_up else "guessed"
+        view.label_only = seen_before
+        view.guessed_class, view.correct, view.true_class = guess, correct, info.truth
+        view.guess_points, view.labels = gpts, shown
+        return FinishResult(view, False, total)
     raise Conflict("this round is already finished")
 
 
@@ -1102,14 +1236,14 @@ def player_stats(db: Database, player_id: int) -> dict[str, Any]:
 
 
 def history(db: Database, player_id: int, limit: int = 100) -> list[dict[str, Any]]:
-    with db.read() as s:
-        rounds = s.scalars(
-            select(Round).where(Round.player_id == player_id, Round.status != "open")
-            .order_by(Round.finished_at.desc(), Round.id.desc()).limit(limit)
+    with db.connect() as conn:
+        rounds = conn.execute(
+            select(*_ROUND_COLS, _R.c.finished_at).where(_R.c.player_id == player_id, _R.c.status != "open")
+            .order_by(_R.c.finished_at.desc(), _R.c.id.desc()).limit(limit)
         ).all()
         out = []
         for r in rounds:
-            v = _round_view(s, r)
+            v = _view(db, conn, r)
             out.append({"round_id": r.id, "campaign": v.campaign, "cluster_id": v.cluster_id, "layer": v.layer,
                         "reveal_step": v.reveal_step, "q_percent": v.q_percent, "status": v.status,
                         "guessed_class": v.guessed_class or "", "true_class": v.true_class, "correct": v.correct,
@@ -1120,29 +1254,29 @@ def history(db: Database, player_id: int, limit: int = 100) -> list[dict[str, An
 
 def asset(db: Database, player_id: int, round_id: int, kind: str) -> bytes:
     """A round's image, only as far as the player may see it: reveal steps up to the current one while
-    the round is open; the full photo and the overlay only once it is finished."""
-    with db.read() as s:
-        rnd = _own_round(s, player_id, round_id)
+    the round is open; the full photo and the overlay only once it is finished. The round is read on
+    every request; the image bytes (immutable) come from the worker's :class:`~featurelens.game.db.BytesCache`."""
+    with db.connect() as conn:
+        rnd = _own_round(conn, player_id, round_id)
         if re.fullmatch(r"r[0-9]{1,2}", kind):  # ASCII digits only: "r²" and "r" + 5,000 digits are no step
             if int(kind[1:]) > rnd.reveal_step and rnd.status == "open":
                 raise NotFound("not revealed yet")
-            data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == rnd.cluster_pk,
-                                                            ClusterAsset.kind == kind))
         elif kind in ("photo", "overlay"):
             if rnd.status == "open":
                 raise NotFound("finish the round first")
-            if kind == "photo":
-                data = rnd.cluster.image.photo
-            else:
-                data = s.scalar(select(ClusterAsset.data).where(ClusterAsset.cluster_pk == rnd.cluster_pk,
-                                                                ClusterAsset.kind == "overlay"))
         else:
             raise NotFound("no such image")
-        if data is None and kind != "photo":  # maps imported at feature resolution render when served
-            data = render_asset(s, rnd.cluster, kind)
-    if data is None:
-        raise NotFound("no such image")
-    return bytes(data)
+        cache_key = (rnd.cluster_pk, kind)
+        data = db.assets.get(cache_key)
+        if data is None:
+            raw = conn.scalar(_Q_PHOTO if kind == "photo" else _Q_ASSET, {"cpk": rnd.cluster_pk, "kind": kind})
+            if raw is None and kind != "photo":  # maps imported at feature resolution render when first served
+                raw = render_asset(conn, rnd.cluster_pk, kind)
+            if raw is None:
+                raise NotFound("no such image")
+            data = bytes(raw)
+            db.assets.put(cache_key, data)
+    return data
 
 
 # ---------------------------------------------------------------------------
