@@ -57,6 +57,35 @@ def scorecam_workload() -> dict[str, int]:
     return counts
 
 
+def fidelity(names: tuple[str, ...] = ("sscam", "iscam"), reference: dict[str, Any] | None = None,
+             candidates: tuple[dict[str, Any], ...] = ({"top_n": 16, "num_samples": 4}, {"top_n": 8, "num_samples": 4},
+                                                       {"top_n": 12, "num_samples": 3})) -> None:
+    """Pearson r of each candidate fast mode's maps with a richer reference run (default: top 48
+    channels x 8 samples) on the six demo photos, and its masked forwards per photo."""
+    import torch
+
+    from featurelens.api import Explainer
+    from featurelens.demo import DemoContext
+    from featurelens.methods import get_method
+
+    reference = reference or {"top_n": 48, "num_samples": 8}
+    ctx = DemoContext(out_dir=Path(tempfile.gettempdir()))
+    spec = ctx.spec()
+    x = spec.prepare(list(ctx.photos().values()))
+    explainer = Explainer(spec.model, spec.resolve_default_layer())
+
+    def maps(name: str, options: dict[str, Any]) -> torch.Tensor:
+        return explainer.explain(x, get_method(name, **options), None).map.flatten(1).float()
+
+    for name in names:
+        ref = maps(name, reference)
+        for options in candidates:
+            got = maps(name, options)
+            r = [float(torch.corrcoef(torch.stack([a, b]))[0, 1]) for a, b in zip(ref, got)]
+            print(f"{name} {options}: {options['top_n'] * options['num_samples']} masked forwards/photo, "
+                  f"r vs {reference} median {sorted(r)[len(r) // 2]:.3f} min {min(r):.3f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cam-only", action="store_true", help="only the CAM section")
@@ -65,7 +94,12 @@ def main() -> None:
     parser.add_argument(
         "--workload", action="store_true", help="only count Score-CAM's masked forwards, exact vs fast"
     )
+    parser.add_argument("--fidelity", action="store_true",
+                        help="only: SS-CAM / IS-CAM fast modes against a richer reference run (map r)")
     args = parser.parse_args()
+    if args.fidelity:
+        fidelity()
+        return
     if args.workload:
         counts = scorecam_workload()
         print(f"Score-CAM masked images on the six demo photos: exact {counts['exact']}, fast {counts['fast']}, "
@@ -76,9 +110,10 @@ def main() -> None:
     results = {}
     for mode in modes:  # each mode's figures are printed as soon as it has run
         summary = results[mode] = run(mode, args.cam_only)
-        print(f"\n== {mode}: {summary['seconds']:.1f} s in total (exit code {summary['exit_code']})")
+        print(f"\n== {mode}: {summary['seconds']:.1f} s in total, {summary.get('cpu_seconds', 0):.1f} CPU-s "
+              f"(exit code {summary['exit_code']})")
         for s in summary["sections"]:
-            print(f"  {s['seconds']:7.1f} s  {s['entry']}  [{s['status']}]")
+            print(f"  {s['seconds']:7.1f} s  {s.get('cpu_seconds', 0):7.1f} CPU-s  {s['entry']}  [{s['status']}]")
         cam = summary["sections"][0]
         for method, sec in cam.get("summary", {}).get("seconds", {}).items():
             mode_text = cam["summary"].get("modes", {}).get(method, "")

@@ -285,23 +285,24 @@ def bare_forward(model, x, reps: int = 3) -> float:
 
 def run(
     comps: list[Comparison], model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int,
-    heavy_layers: list[str],
+    heavy_layers: list[str], heavy_reps: int = 3,
 ) -> None:
     for comp in comps:
         try:
             layers = comp.only or (heavy_layers if comp.heavy else LAYERS)
-            run_one(comp, model, images, reps, heavy_photos, layers)
+            run_one(comp, model, images, reps, heavy_photos, layers, heavy_reps)
         except Exception as exc:  # one failing peer must not lose the other rows
             comp.note = f"failed: {type(exc).__name__}: {exc}"[:200]
             print(f"  {comp.method} vs {comp.peer}: {comp.note}", file=sys.stderr, flush=True)
 
 
 def run_one(
-    comp: Comparison, model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int, layers: list[str]
+    comp: Comparison, model, images: dict[str, torch.Tensor], reps: int, heavy_photos: int, layers: list[str],
+    heavy_reps: int = 3,
 ) -> None:
     layers = layers if comp.per_layer else ["head"]
     names = list(images)[: heavy_photos if comp.heavy else len(images)]
-    n_reps = 1 if comp.heavy else reps
+    n_reps = heavy_reps if comp.heavy else reps
     x0 = images[names[0]]
     c0 = int(model(x0).argmax())
     comp.mine(model, layers[0], x0, c0)  # warm-up both
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pgc", default=os.environ.get("PYTORCH_GRAD_CAM_SRC"), help="unpacked grad-cam 1.5.7 sdist")
     ap.add_argument("--photos", type=int, default=4)
     ap.add_argument("--heavy-photos", type=int, default=2, help="photos for Score-CAM/Ablation-CAM-like methods")
-    ap.add_argument("--heavy-layers", default=",".join(LAYERS), help="layers for the heavy methods")
+    ap.add_argument("--heavy-layers", default="head,blocks.15", help="layers for the heavy methods")
+    ap.add_argument("--heavy-reps", type=int, default=3, help="repetitions of the heavy methods (median)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--methods", default=None, help="comma-separated featurelens names (default: all shared)")
     ap.add_argument("--quick", action="store_true", help="2 photos, 1 heavy photo, 1 repetition")
@@ -385,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.photos, args.heavy_photos, args.reps = 2, 1, 1
+        args.photos, args.heavy_photos, args.reps, args.heavy_reps = 2, 1, 1, 1
     torch.set_num_threads(args.threads)
     pgc = import_pgc(args.pgc)
     tc = import_torchcam()
@@ -404,11 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(f"# bench_peer: {len(images)} photos, torch {torch.__version__}, {args.threads} threads, "
           f"load {load[0]:.2f} {load[1]:.2f}", file=sys.stderr)
-    run(comps, model, images, args.reps, args.heavy_photos, args.heavy_layers.split(","))
+    run(comps, model, images, args.reps, args.heavy_photos, args.heavy_layers.split(","), args.heavy_reps)
     print(f"\nEfficientNet-Lite0, {len(images)} photos ({', '.join(images)}), 1 image per call, "
           f"load average {load[0]:.2f} at start; time = median ratio to a bare no_grad forward "
           f"measured just before (at `head`, else the first layer run); ours / theirs is the worst over "
-          f"the layers; heavy methods: {args.heavy_photos} photo(s) at {args.heavy_layers}.\n")
+          f"the layers; heavy methods: {args.heavy_photos} photo(s) × {args.heavy_reps} repetitions at "
+          f"{args.heavy_layers}; other methods: {args.reps} repetitions per photo.\n")
     print(table(comps))
     if args.json:
         Path(args.json).write_text(json.dumps([

@@ -98,9 +98,11 @@ def test_quick_demo_writes_a_readable_report(cli, tmp_path):
         assert (out / f).is_file(), f
     assert "cam/comparison_grid.png" in cam["files"]
     net = next(s for s in summary["sections"] if s["entry"] == "featurelens.network.demo:section")
-    assert net["status"] == "ok" and net["summary"]["layers"] == 4
-    assert -1.0 <= net["summary"]["median_stability_ari"] <= 1.0
-    assert "How firm are the cluster boundaries?" in html
+    assert net["status"] == "ok" and net["summary"]["layers"] == 2 and net["summary"]["images"] == 3
+    assert net["summary"]["median_stability_ari"] is None  # not measured in the demo (it doubles clustering)
+    assert "How firm are the cluster boundaries?" in html and "--stability 1" in html
+    labels = next(s for s in summary["sections"] if s["entry"] == "featurelens.labels.demo:section")
+    assert labels["status"] == "ok" and labels["summary"]["dataset"] == net["summary"]["dataset"]
 
 
 def test_default_demo_uses_fast_modes_and_full_is_exact():
@@ -113,8 +115,8 @@ def test_default_demo_uses_fast_modes_and_full_is_exact():
     assert demo_options("gradcam", full=False) == {} and _mode("gradcam", full=False) == "exact"
     for m in ("sscam", "iscam"):  # Score-CAM variants: fewer channels and fewer samples
         method = get_method(m, **demo_options(m, full=False))
-        assert (method.top_n, method.num_samples) == (16, 4)
-        assert _mode(m, full=False) == "fast mode (top 16 channels, 4 samples)"
+        assert (method.top_n, method.num_samples) == (12, 3)
+        assert _mode(m, full=False) == "fast mode (top 12 channels, 3 samples)"
     for m in method_names():  # --full: every method exact
         assert demo_options(m, full=True) == {} and _mode(m, full=True) == "exact"
 
@@ -122,3 +124,14 @@ def test_default_demo_uses_fast_modes_and_full_is_exact():
 def test_demo_quick_and_full_exclude_each_other(cli, tmp_path):
     r = cli("demo", "--quick", "--full", "--out", tmp_path / "d")
     assert r.code == 2 and "not allowed with" in r.err
+
+
+def test_explain_method_all_uses_fast_modes_unless_exact():
+    from featurelens.cli.explain import all_method_options
+
+    fast = all_method_options(["all"])
+    assert fast["scorecam"] == {"fast": True} and fast["sscam"] == fast["iscam"] == {"top_n": 12, "num_samples": 3}
+    assert "gradcam" not in fast
+    assert all_method_options(["all"], exact=True) == {}
+    assert all_method_options(["gradcam,scorecam"]) == {}  # only 'all' switches fast modes on
+    assert "sscam" not in all_method_options(["all", "ss-cam"])  # named on its own: exact

@@ -31,6 +31,10 @@ def test_labels_demo_section_quick(tmp_path, lite0, sbert):
     for f in s.files:
         assert (tmp_path / f).is_file(), f
     assert "data:image/png;base64," in s.html
+    # the small dataset: >= 3 images per class, augmented views marked in the page and in demo.json
+    assert all(n >= 3 for n in s.summary["images_per_class"].values())
+    assert sum(d["augmented"] is not None for d in s.summary["dataset"]) == 2 and "[AUGMENTED" in s.html
+    assert "the network section's bundle, reused" in s.summary["bundle"]
 
 
 def test_planted_labeller_does_not_depend_on_the_order_maps_are_served():

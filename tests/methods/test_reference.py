@@ -389,3 +389,28 @@ def test_scorecam_fast_mode_variance_rank_is_default(strided):
     exp = Explainer(strided, "relu2").explain(x, method)
     assert torch.allclose(exp.weights["relu2"].double(), ref_w, atol=1e-6)
     assert torch.allclose(exp.raw_maps["relu2"].double(), ref_map, atol=ATOL, rtol=RTOL)
+
+
+def test_channels_last_context_restores_the_model_tensors(strided):
+    from featurelens.methods.base import channels_last
+
+    params = {n: (p, p.data_ptr(), p.stride()) for n, p in strided.named_parameters()}
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = strided(x)
+        with channels_last(strided) as fmt:
+            inside = strided(x.contiguous(memory_format=fmt))
+    assert fmt == torch.channels_last and torch.allclose(before, inside, atol=1e-5)
+    for n, p in strided.named_parameters():
+        assert p is params[n][0] and p.data_ptr() == params[n][1] and p.stride() == params[n][2]
+
+
+@pytest.mark.parametrize("name", ["scorecam", "sscam", "iscam"])
+def test_score_family_same_maps_with_and_without_channels_last_and_across_images(strided, name):
+    x = torch.randn(3, 3, 16, 16)
+    opts = {"num_samples": 2} if name != "scorecam" else {}
+    fast = Explainer(strided, "relu1").explain(x, get_method(name, batch_size=5, **opts)).map
+    slow = Explainer(strided, "relu1").explain(x, get_method(name, batch_size=5, channels_last=False, **opts)).map
+    alone = torch.cat([Explainer(strided, "relu1").explain(x[i:i + 1], get_method(name, batch_size=5, **opts)).map
+                       for i in range(3)])
+    assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(fast, alone, atol=1e-5)

@@ -101,6 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="N",
         help="Score-CAM fast mode: score only the N strongest channels (default: exact, all channels)",
     )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="with --method all: run every method exactly (by default 'all' runs the methods that have a "
+        "fast mode in it: Score-CAM on its top 48 channels, SS-CAM and IS-CAM on 12 channels x 3 samples)",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the map, 0..1 (default 0.5)")
     p.add_argument("--colormap", default="jet", help="matplotlib colormap of the overlay (default jet)")
     p.set_defaults(func=run)
@@ -121,6 +127,18 @@ def parse_methods(values: Sequence[str] | None) -> list[str]:
     return names
 
 
+def all_method_options(values: Sequence[str] | None, exact: bool = False) -> dict[str, dict[str, Any]]:
+    """Options for ``--method all``: each method's ``fast_options`` (its fast mode, when it has one), unless
+    ``exact`` or the method is also named on its own. ``{}`` when ``all`` is not asked for."""
+    from featurelens.methods import METHODS, get_method, method_names
+
+    raw = [v.strip() for value in (values or []) for v in value.split(",") if v.strip()]
+    if exact or not any(v.lower() == "all" for v in raw):
+        return {}
+    named = {get_method(v).name for v in raw if v.lower() != "all"}
+    return {m: dict(METHODS[m].fast_options) for m in method_names() if METHODS[m].fast_options and m not in named}
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise common.FeaturelensError(f"--alpha must be between 0 and 1, got {args.alpha}")
@@ -131,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
     if args.fuse and len(args.layers or []) < 2:
         common.warn("--fuse has no effect with fewer than two --layer")
     methods = parse_methods(args.methods)
+    options = all_method_options(args.methods, exact=getattr(args, "exact", False))
+    if args.scorecam_top_n:
+        options["scorecam"] = {"top_n": args.scorecam_top_n}
+    if options and not args.exact:
+        common.warn("--method all: fast modes for " + ", ".join(
+            f"{m} ({', '.join(f'{k}={v}' for k, v in o.items())})" for m, o in options.items()
+            if m != "scorecam" or not args.scorecam_top_n) + "; --exact runs them exactly")
     paths = common.collect_images(args.images).paths
     common.check_images(paths)  # fail fast, listing every bad file
     spec = common.load_spec(args.model, trust=args.trust)
@@ -145,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         alpha=args.alpha,
         colormap=args.colormap,
-        method_options={"scorecam": {"top_n": args.scorecam_top_n}} if args.scorecam_top_n else None,
+        method_options=options or None,
         smoothing=smoothing_options(args),
     )
     for entry in manifest["images"]:

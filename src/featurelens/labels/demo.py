@@ -20,6 +20,7 @@ from featurelens.labels.synthetic import FAMILIES, NOISE, PLAN
 from featurelens.network.bundle import Bundle, load_bundle
 
 ADMIN_TOKEN = "demo-admin-token"
+PLAYERS = 3  # simulated players, each plays every map once (the game's cost grows with maps x players)
 SIMULATED_NOTE = (
     "SIMULATED PLAYERS: the labels below were typed by scripted players (featurelens.game.simulate) "
     "through the game's real HTTP API, following planted concepts. They are not human data."
@@ -208,50 +209,51 @@ def play_campaign(
     return export, figures
 
 
-def network_bundle(ctx: Any, out: Path) -> tuple[Bundle, str]:
-    """A real bundle from the default model (tiny config), or — if the network pipeline is unavailable — the
-    photo bundle with synthetic maps. Returns (bundle, description)."""
-    import shutil
-
-    if out.exists():
-        shutil.rmtree(out)
-    names = ["chelsea", "coffee"] if ctx.quick else ["chelsea", "coffee", "astronaut", "rocket"]
-    layers = (
-        ["blocks.10.project.conv", "head.conv"]
-        if ctx.quick
-        else ["blocks.5.project.conv", "blocks.10.project.conv", "blocks.14.project.conv", "head.conv"]
-    )
+def network_bundle(ctx: Any) -> tuple[Bundle, str, list[dict[str, Any]]]:
+    """The demo's real bundle (:func:`featurelens.network.demo.demo_bundle`: made once per demo run, so the
+    network section's bundle is reused), or — if the network pipeline is unavailable — the photo bundle
+    with synthetic maps. Returns (bundle, description, dataset records)."""
     try:
-        from featurelens.network.build import build_bundle
-        from featurelens.network.pipeline import NetworkParams
-
-        photos = ctx.photos()
-        missing = [n for n in names if n not in photos]
-        if missing:
-            from featurelens.imaging import sample_images
-
-            photos = {**photos, **sample_images(missing)}
-        spec = ctx.spec()
-        bundle = build_bundle(
-            spec,
-            {n: photos[n] for n in names},
-            out,
-            layers=layers,
-            params=NetworkParams(mode="fast", effect=False),
-        )
-        return bundle, (
-            f"real layer-wise cluster maps of {spec.name} (network pipeline, fast mode) for "
-            f"{len(names)} photos, layers {', '.join(layers)}"
-        )
+        from featurelens.network.demo import demo_bundle
     except ImportError as exc:  # the network pipeline is another module; fall back rather than fail
-        from featurelens.labels.synthetic import build_photo_bundle
+        from featurelens.labels.synthetic import DEFAULT_PHOTOS, build_photo_bundle
 
+        out = Path(ctx.out_dir) / "labels" / "bundle"
         if out.exists():
+            import shutil
+
             shutil.rmtree(out)
         ctx.log(f"labels: network pipeline unavailable ({exc}); using synthetic maps over real photos")
-        return build_photo_bundle(
-            out
-        ), "SYNTHETIC cluster maps over real photos (network pipeline unavailable)"
+        records = [{"image": p.image_id, "photo": p.photo, "class": p.class_name,
+                    "augmented": None if p.crop == (0.0, 0.0, 1.0, 1.0) and not p.flip else "AUGMENTED: crop/flip"}
+                   for p in DEFAULT_PHOTOS]
+        return build_photo_bundle(out), "SYNTHETIC cluster maps over real photos (network pipeline unavailable)", \
+            records
+    built = demo_bundle(ctx)
+    bundle = built["bundle"]
+    records = [d.record() for d in built["dataset"]]
+    classes = {r["class"] for r in records}
+    return bundle, (
+        f"real layer-wise cluster maps of {bundle.model.get('name')} (network pipeline, "
+        f"{built['params'].mode} mode, the library's default) for {len(records)} images of {len(classes)} "
+        f"class(es) ({sum(r['augmented'] is not None for r in records)} of them AUGMENTED views), layers "
+        f"{', '.join(built['layers'])}; the network section's bundle, reused"
+    ), records
+
+
+def _per_class(dataset: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in dataset:
+        counts[r["class"]] = counts.get(r["class"], 0) + 1
+    return counts
+
+
+def _dataset_html(dataset: list[dict[str, Any]]) -> str:
+    """The images per class, AUGMENTED views marked: the global explanations aggregate over all of them."""
+    from featurelens.report.html import dataset_list
+
+    return ("<p>Images per class (the global explanations aggregate over every image of a class; views marked "
+            "AUGMENTED are flips and crops of a real photo):</p>" + dataset_list(dataset))
 
 
 def section(ctx: Any) -> Any:
@@ -259,33 +261,38 @@ def section(ctx: Any) -> Any:
     from featurelens.demo import DemoSection
     from featurelens.labels.io import read_labels
     from featurelens.labels.pipeline import process_labels
-    from featurelens.labels.report import make_figures, report_html, write_report
+    from featurelens.labels.report import make_figures, report_html
 
     out = Path(ctx.out_dir) / "labels"
     out.mkdir(parents=True, exist_ok=True)
-    ctx.log("labels: building an explanation bundle")
-    bundle, described = network_bundle(ctx, out / "bundle")
+    ctx.log("labels: the demo's explanation bundle")
+    bundle, described, dataset = network_bundle(ctx)
     concepts = photo_concepts if bundle.model.get("name") != "synthetic-maps" else planted_concepts
     ctx.log("labels: SIMULATED players play the game through its HTTP API")
-    export, game = play_campaign(bundle.root, out / "game", players=3 if ctx.quick else 6, concepts=concepts)
+    export, game = play_campaign(bundle.root, out / "game", players=PLAYERS, concepts=concepts)
     ctx.log(f"labels: {game['export_rows']} exported label rows; processing with Sentence-BERT")
     processed = process_labels(bundle, read_labels(export))  # the defaults: the authors' aggregation
     saved = processed.save(out / "processed")
-    page = write_report(
-        bundle, processed, out / "report", title="Labelled network explanations (SIMULATED players)"
-    )
-    figures = make_figures(bundle, processed)
+    figures = make_figures(bundle, processed)  # once, for this page and the full report
+    (out / "report" / "figures").mkdir(parents=True, exist_ok=True)
+    for name, png in figures.items():
+        (out / "report" / "figures" / f"{name}.png").write_bytes(png)
+    page = out / "report" / "index.html"
+    page.write_text(report_html(bundle, processed, figures, title="Labelled network explanations (SIMULATED "
+                                "players)"), encoding="utf-8")
     html = (
         f"<p><b>{SIMULATED_NOTE}</b></p>"
         f"<p>Bundle: {described}. Game: {game['players']} simulated players, {game['answers']} answers, "
         f"{game['export_rows']} exported label rows ({game['seconds']} s, in-process HTTP). Full report: "
         f"<a href='labels/report/index.html'>labels/report/index.html</a>; processed labels in "
-        f"<code>labels/processed/</code>.</p>" + report_html(bundle, processed, figures, fragment=True)
+        f"<code>labels/processed/</code>.</p>" + _dataset_html(dataset) + report_html(bundle, processed, figures, fragment=True)
     )
     files = [str(p.relative_to(ctx.out_dir)) for p in [export, *saved, page]]
     summary = {
         "simulated_players": True,
         "bundle": described,
+        "dataset": dataset,
+        "images_per_class": _per_class(dataset),
         **{k: v for k, v in game.items() if k not in ("errors", "truth")},
         "game_errors": len(game["errors"]),
         **{k: v for k, v in processed.counts.items() if isinstance(v, int)},

@@ -13,7 +13,8 @@ Registering a new method is one small class with a ``name`` and a ``weights`` fu
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,6 +55,23 @@ def require_spatial(t: Tensor, method: str, layer: str) -> Tensor:
             f"{tuple(t.shape)} (token layers of transformers are not supported by this method yet)"
         )
     return t
+
+
+@contextmanager
+def channels_last(model: nn.Module, enabled: bool = True) -> Iterator[torch.memory_format]:
+    """Run ``model``'s extra forwards in channels-last memory format inside the block; yields the format
+    to give the inputs. Its 4-D parameters and buffers are converted, then the very tensors it had are
+    put back (values never change: only the strides do). About 1.3-2x less CPU for depthwise CNNs."""
+    if not enabled:
+        yield torch.contiguous_format
+        return
+    saved = [(t, t.data) for t in [*model.parameters(), *model.buffers()] if t.ndim == 4]
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield torch.channels_last
+    finally:
+        for t, data in saved:
+            t.data = data
 
 
 def weighted_sum(weights: Tensor, activation: Tensor) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from featurelens.errors import MethodError
-from featurelens.methods.base import LayerState, Method, MethodContext, register
+from featurelens.methods.base import LayerState, Method, MethodContext, channels_last, register
 
 Selection = Literal["variance", "activation", "gradient"]
 
@@ -70,7 +71,11 @@ class ScoreCAM(Method):
             channels) ``"variance"`` with ``top_n=48`` gave the best speed/fidelity trade-off
             (``benchmarks/bench_cam.py``).
 
+        channels_last: run the masked forwards in channels-last memory format (same values, about
+            1.3-2x less CPU on EfficientNet-Lite0); the model's tensors are restored afterwards.
+
     All channels whose activation is constant share one all-zero mask; its score is computed once.
+    With class targets the masked inputs of all images are batched together (chunks of ``batch_size``).
     """
 
     name = "scorecam"
@@ -86,6 +91,7 @@ class ScoreCAM(Method):
         top_n: int | None = None,
         select: Selection = "variance",
         fast: bool = False,
+        channels_last: bool = True,
     ) -> None:
         if fast and top_n is None:
             top_n = DEFAULT_TOP_N
@@ -100,6 +106,7 @@ class ScoreCAM(Method):
         self.batch_size = batch_size
         self.top_n = top_n
         self.select = select
+        self.channels_last = bool(channels_last)
         # instance attribute: the Explainer asks for gradients only when the ranking needs them
         self.needs_gradients = top_n is not None and select == "gradient"  # type: ignore[misc]
 
@@ -122,12 +129,22 @@ class ScoreCAM(Method):
             rank = a.flatten(2).float().var(dim=2, unbiased=False)
         return rank.topk(self.top_n, dim=1).indices
 
-    def _scores(self, out: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
+    def _scores(self, out: Tensor, cls: Tensor | None, ctx: MethodContext) -> Tensor:
+        """Row ``i``'s score: ``softmax(out_i)[cls_i]``, or the target's own score (one image's rows)."""
         if cls is not None:
-            return torch.softmax(out.float(), dim=1)[:, cls]
+            return torch.softmax(out.float(), dim=1).gather(1, cls[:, None])[:, 0]
         from featurelens.targets import evaluate_target
 
         return evaluate_target(ctx.target, out, out.shape[0]).float()
+
+    #: masked inputs per (image, mask): SS-CAM's noise draws, IS-CAM's path steps; Score-CAM has one
+    def num_variants(self) -> int:
+        return 1
+
+    def variant_images(self, x: Tensor, masks: Tensor, variant: Tensor) -> Tensor:
+        """Model inputs ``[n, C, H, W]`` for images ``x`` ``[n, C, H, W]`` under masks ``[n, H, W]``,
+        variant ``variant[i]`` of row ``i``: Score-CAM's ``X ⊙ M``. SS-CAM and IS-CAM override this."""
+        return x * masks[:, None]
 
     def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
         a = layer.activation
@@ -137,26 +154,39 @@ class ScoreCAM(Method):
         size = (int(x.shape[-2]), int(x.shape[-1]))
         batch, k = a.shape[:2]
         chosen = self.selected_channels(layer)
-        weights = torch.zeros(batch, k, device=a.device, dtype=torch.float32)
-        with _eval_mode(ctx.model), torch.no_grad():
-            for b in range(batch):
-                cls = None if ctx.target_indices is None else int(ctx.target_indices[b])
-                chans = chosen[b]
-                acts = a[b, chans]
-                flat = acts.flatten(1)
-                constant = flat.amax(dim=1) == flat.amin(dim=1)
-                varying = chans[~constant]
-                if bool(constant.any()):
-                    # every constant channel has the all-zero mask: one score for all of them
-                    zero = torch.zeros((1, *size), dtype=x.dtype, device=x.device)
-                    weights[b, chans[constant]] = self.masked_scores(x[b : b + 1], zero, cls, ctx)[0]
-                for start in range(0, varying.numel(), self.batch_size):
-                    idx = varying[start : start + self.batch_size]
-                    masks = channel_masks(a[b, idx], size).to(x.dtype)
-                    weights[b, idx] = self.masked_scores(x[b : b + 1], masks, cls, ctx)
+        # jobs (image b, channel c): every chosen channel that varies; channel k stands for the one
+        # all-zero mask of an image's constant chosen channels (its score is computed once for all)
+        jobs: list[list[int]] = []
+        constant: dict[int, Tensor] = {}
+        for b in range(batch):
+            chans = chosen[b]
+            flat = a[b, chans].flatten(1)
+            still = flat.amax(dim=1) == flat.amin(dim=1)
+            jobs.append(chans[~still].tolist())
+            if bool(still.any()):
+                constant[b] = chans[still]
+                jobs[b].append(k)
+        # pairs (image, channel, variant), image by image; with class indices a chunk of ``batch_size``
+        # masked inputs may span images (fewer, fuller forwards); a custom target sees one image per chunk
+        n_var = self.num_variants()
+        pairs = [(b, c, v) for b in range(batch) for v in range(n_var) for c in jobs[b]]
+        pb, pc, pv = (torch.tensor([p[i] for p in pairs], dtype=torch.long, device=a.device) for i in range(3))
+        cls = None if ctx.target_indices is None else ctx.target_indices.to(a.device).long()
+        bounds = [*range(0, len(pairs), self.batch_size), len(pairs)]
+        if cls is None:  # split the chunks at image boundaries
+            firsts = [i for i in range(len(pairs)) if i == 0 or pairs[i][0] != pairs[i - 1][0]]
+            bounds = sorted({*bounds, *firsts})
+        padded = torch.cat([a, a.new_zeros(batch, 1, *a.shape[2:])], dim=1)  # channel k: all-zero map
+        total = torch.zeros(batch, k + 1, device=a.device, dtype=torch.float32)
+        fast_format = self.channels_last and x.ndim == 4
+        with _eval_mode(ctx.model), torch.no_grad(), channels_last(ctx.model, fast_format) as fmt:
+            for s, e in itertools.pairwise(bounds):
+                b, c, v = pb[s:e], pc[s:e], pv[s:e]
+                masks = channel_masks(padded[b, c], size).to(x.dtype)
+                out = ctx.model(self.variant_images(x[b], masks, v).contiguous(memory_format=fmt))
+                scores = self._scores(out, cls[b] if cls is not None else None, ctx)
+                total.index_put_((b, c), scores.float() / n_var, accumulate=True)
+        weights = total[:, :k].clone()
+        for b, chans in constant.items():
+            weights[b, chans] = total[b, k]
         return weights
-
-    def masked_scores(self, x: Tensor, masks: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
-        """Scores ``[n]`` of one image ``x`` ``[1, C, H, W]`` under ``n`` masks ``[n, H, W]``:
-        ``softmax(f(x ⊙ M))_c``. SS-CAM and IS-CAM override this (noisy / integrated masks)."""
-        return self._scores(ctx.model(x * masks[:, None]), cls, ctx)

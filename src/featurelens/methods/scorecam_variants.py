@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from featurelens.errors import MethodError
-from featurelens.methods.base import MethodContext, register
+from featurelens.methods.base import register
 from featurelens.methods.scorecam import ScoreCAM, Selection
 
 
@@ -29,25 +28,13 @@ class _SampledScoreCAM(ScoreCAM):
         top_n: int | None = None,
         select: Selection = "variance",
         fast: bool = False,
+        channels_last: bool = True,
     ) -> None:
-        super().__init__(batch_size=batch_size, top_n=top_n, select=select, fast=fast)
+        super().__init__(batch_size=batch_size, top_n=top_n, select=select, fast=fast, channels_last=channels_last)
         self.num_samples = _positive_int(num_samples, f"{self.name} num_samples")
 
-
-def _pairs(
-    method: _SampledScoreCAM, n: int, images: Callable[[Tensor], Tensor], cls: int | None, ctx: MethodContext
-) -> Tensor:
-    """Mean over the ``N`` draws/steps of the scores of ``n`` masks: the ``N·n`` (draw, mask) pairs
-    ``p`` (draw ``p // n``, mask ``p % n``) go through the model in chunks of ``batch_size`` images,
-    built one chunk at a time (``images(p)``), so memory does not grow with ``N``."""
-    total = method.num_samples * n
-    scores = torch.cat(
-        [
-            method._scores(ctx.model(images(torch.arange(s, min(total, s + method.batch_size), device=ctx.inputs.device))), cls, ctx)
-            for s in range(0, total, method.batch_size)
-        ]
-    )
-    return scores.view(method.num_samples, n).mean(dim=0)
+    def num_variants(self) -> int:
+        return self.num_samples
 
 
 @register
@@ -74,7 +61,7 @@ class SSCAM(_SampledScoreCAM):
     aliases = ("ss-cam", "smoothed-score-cam")
     reference = "Wang et al., SS-CAM: Smoothed Score-CAM, arXiv 2006.14255"
 
-    fast_options: ClassVar[dict[str, Any]] = {"top_n": 16, "num_samples": 4}
+    fast_options: ClassVar[dict[str, Any]] = {"top_n": 12, "num_samples": 3}
 
     def __init__(
         self,
@@ -98,10 +85,12 @@ class SSCAM(_SampledScoreCAM):
         eps = torch.randn((self.num_samples, *size), generator=gen, dtype=torch.float32)
         return (eps * self.std).to(device=like.device, dtype=like.dtype)
 
-    def masked_scores(self, x: Tensor, masks: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
-        eps = self.noise(tuple(masks.shape[1:]), masks)
-        n = masks.shape[0]
-        return _pairs(self, n, lambda p: x * (masks[p % n] + eps[p // n])[:, None], cls, ctx)
+    def variant_images(self, x: Tensor, masks: Tensor, variant: Tensor) -> Tensor:
+        """``X ⊙ (M + ε_v)`` for row ``i`` with ``v = variant[i]``."""
+        key = (tuple(masks.shape[1:]), masks.dtype, masks.device)
+        if getattr(self, "_noise_key", None) != key:  # the same N fields for every chunk and call
+            self._noise, self._noise_key = self.noise(key[0], masks), key
+        return x * (masks + self._noise[variant])[:, None]
 
 
 @register
@@ -124,7 +113,7 @@ class ISCAM(_SampledScoreCAM):
     aliases = ("is-cam", "integrated-score-cam")
     reference = "Naidu et al., IS-CAM: Integrated Score-CAM, arXiv 2010.03023"
 
-    fast_options: ClassVar[dict[str, Any]] = {"top_n": 16, "num_samples": 4}
+    fast_options: ClassVar[dict[str, Any]] = {"top_n": 12, "num_samples": 3}
 
     def __init__(self, num_samples: int = 10, top_n: int | None = None, **score_options: Any) -> None:
         super().__init__(num_samples, top_n=top_n, **score_options)
@@ -132,8 +121,7 @@ class ISCAM(_SampledScoreCAM):
     def __repr__(self) -> str:
         return f"ISCAM(num_samples={self.num_samples}, top_n={self.top_n})"
 
-    def masked_scores(self, x: Tensor, masks: Tensor, cls: int | None, ctx: MethodContext) -> Tensor:
-        masked = x * masks[:, None]
-        n = masks.shape[0]
-        steps = torch.arange(1, self.num_samples + 1, device=x.device, dtype=x.dtype) / self.num_samples
-        return _pairs(self, n, lambda p: masked[p % n] * steps[p // n][:, None, None, None], cls, ctx)
+    def variant_images(self, x: Tensor, masks: Tensor, variant: Tensor) -> Tensor:
+        """``(i/N) · X ⊙ M`` for row ``j`` with ``i = variant[j] + 1``."""
+        steps = (variant.to(x.dtype) + 1) / self.num_samples
+        return x * masks[:, None] * steps[:, None, None, None]

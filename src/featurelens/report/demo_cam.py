@@ -6,7 +6,7 @@ The page shows each photo with its top-5 classes and probabilities, one photos Ã
 every method's map for the predicted class, and a table of the methods with their mode and time.
 
 Modes: the default run uses the fast mode of every method that has one (its ``fast_options``:
-Score-CAM scores its top-48 channels; SS-CAM and IS-CAM their top-16 with 4 samples), and says so on the page; ``full`` runs every
+Score-CAM scores its top-48 channels; SS-CAM and IS-CAM their top-12 with 3 samples), and says so on the page; ``full`` runs every
 method exactly (exact Score-CAM); ``quick`` (the test suite) is the default mode on two photos.
 """
 

@@ -245,6 +245,21 @@ def error_box(title: Any, message: Any, details: Any = None) -> Raw:
     return Raw(f'<div class="error"><strong>{escape(title)}</strong><p>{escape(message)}</p>{more}</div>')
 
 
+def dataset_list(records: Sequence[Mapping[str, Any]]) -> Raw:
+    """A small dataset as one list item per class: records ``{"image", "class", "augmented"}``, where
+    ``augmented`` says how a view was made (``None`` for a real photo); augmented views are marked."""
+    classes: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        classes.setdefault(str(r["class"]), []).append(r)
+    items = "".join(
+        f"<li><b>{escape(cls)}</b> ({len(rs)} images): " + ", ".join(
+            f"<code>{escape(r['image'])}</code>" + (f" <b style='color:#b45309'>[{escape(r['augmented'])}]</b>"
+                                                   if r.get("augmented") else " (real photo)")
+            for r in rs) + "</li>"
+        for cls, rs in classes.items())
+    return Raw(f"<ul>{items}</ul>")
+
+
 def _slug(text: str, used: set[str]) -> str:
     base = "".join(c.lower() if c.isalnum() else "-" for c in text).strip("-") or "section"
     while "--" in base:
