@@ -37,9 +37,31 @@ def folder_size(root: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
+def write_views(photo: Path, folder: Path, n: int) -> None:
+    """``n`` augmented views of ``photo`` into ``folder``, marked in their names: a horizontal flip, then
+    crops of 80% of each side at the corners and the centre (cycled)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(photo) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        cw, ch = int(w * 0.8), int(h * 0.8)
+        corners = [(0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch), ((w - cw) // 2, (h - ch) // 2)]
+        for i in range(n):
+            if i == 0:
+                view, tag = ImageOps.mirror(im), "aug-flip"
+            else:
+                x, y = corners[(i - 1) % len(corners)]
+                view, tag = im.crop((x, y, x + cw, y + ch)), f"aug-crop{i}"
+            view.save(folder / f"{photo.stem}_{tag}.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--images", type=int, default=8, help="real photos (at most 8)")
+    ap.add_argument("--views", type=int, default=1,
+                    help="images per photo: the photo, then clearly marked augmented views of it "
+                    "(<name>_aug-flip, <name>_aug-crop<i>: a horizontal flip, then 80%% crops)")
     ap.add_argument("--shard-size", type=int, default=2, help="images per shard = per Ray task")
     ap.add_argument("--runs", default="inprocess,ray1,ray2")
     ap.add_argument("--json", default="docs/results/bench_dataset.json")
@@ -64,15 +86,18 @@ def main() -> None:
     root = Path(skimage.__file__).parent / "data"
     spec = load_model("efficientnet_lite0")
     units = resolve_units(spec.model, spec.sample_input(), None)
-    fig: dict = {"images": args.images, "layers": len(units), "mode": "stable", "effects": True,
+    fig: dict = {"images": args.images * args.views, "real_photos": args.images, "views_per_photo": args.views,
+                 "layers": len(units), "mode": "stable", "effects": True,
                  "shard_size": args.shard_size, "cpus": os.cpu_count(), "uptime_before": uptime(), "runs": {}}
-    print(f"{args.images} real photos, {len(units)} default layers, stable mode with effects; {fig['uptime_before']}")
+    print(f"{args.images} real photos x {args.views} view(s) (augmented views marked _aug-), {len(units)} default "
+          f"layers, stable mode with effects; {fig['uptime_before']}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = tmp / "photos"
         data.mkdir()
         for name in PHOTOS[: args.images]:
             shutil.copy(root / name, data / name)
+            write_views(root / name, data, args.views - 1)
         dataset = select(read_dataset([data]))
         contents = {}
         for run in args.runs.split(","):
