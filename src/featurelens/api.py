@@ -192,33 +192,45 @@ class Explainer:
     ) -> _Pass:
         """One capture (forward, and backward when a method needs gradients) and every method's maps."""
         need_grad = any(m.needs_gradients for m in instances)
+        on_graph = [m for m in instances if m.uses_graph]
         batch = inputs.shape[0]
-        with Capture(self.model, list(names), gradients=need_grad) as cap:
+        extra: dict[str, dict[str, tuple[Tensor, ...]]] = {n: {} for n in names}
+        with Capture(self.model, list(names), gradients=need_grad or bool(on_graph)) as cap:
             out = cap.forward(inputs)
             if need_grad:
                 with torch.enable_grad():  # the caller may be inside torch.no_grad()
                     scores = evaluate_target(tgt, out, batch)
-                grads = cap.gradients(scores)
+                grads = cap.gradients(scores, retain_graph=bool(on_graph))
             else:
                 with torch.no_grad():
                     scores = evaluate_target(tgt, out, batch)
                 grads = None
-            acts = {n: cap.activation(n, self.call).detach() for n in names}
-        out = _detach(out)
-        ctx = MethodContext(
-            model=self.model,
-            inputs=inputs.detach(),
-            target=tgt,
-            output=out,
-            scores=scores.detach(),
-            target_indices=target_indices(tgt, out),
-        )
+            live = {n: cap.activation(n, self.call) for n in names}
+            acts = {n: a.detach() for n, a in live.items()}
+            out_live = out
+            out = _detach(out)
+            ctx = MethodContext(
+                model=self.model,
+                inputs=inputs.detach(),
+                target=tgt,
+                output=out,
+                scores=scores.detach(),
+                target_indices=target_indices(tgt, out),
+            )
+            for method in on_graph:  # second derivatives etc. on this pass's graph: no extra forward
+                for n in names:
+                    extra[n][method.name] = tuple(t.detach() for t in method.on_graph(live[n], out_live, ctx))
+            del live, out_live
         size = tuple(inputs.shape[-2:])
         states = {}
         for n in names:
             a = to_spatial(acts[n], self.reshape, model=self.model, layer=n)
             g = None if grads is None else to_spatial(grads[n][self.call], self.reshape, model=self.model, layer=n)
-            states[n] = LayerState(n, a, g)
+            ex = {
+                m: tuple(to_spatial(t, self.reshape, model=self.model, layer=n) for t in ts)
+                for m, ts in extra[n].items()
+            }
+            states[n] = LayerState(n, a, g, ex)
             check_4d(states[n])
         result = _Pass()
         result.scores, result.indices = ctx.scores, ctx.target_indices

@@ -208,3 +208,28 @@ def test_finercam_errors(tiny_cnn, tiny_input):
 def test_bad_options(name, options):
     with pytest.raises(MethodError):
         get_method(name, **options)
+
+
+def test_shapleycam_in_the_engine_pass_equals_its_own_pass(tiny_cnn, tiny_input):
+    """Through the Explainer, ShapleyCAM takes g and H·A from the engine's forward (no second forward);
+    called on a bare LayerState it runs its own. Both give the same weights, at two layers at once and
+    next to a first-order method in the same call."""
+    from featurelens.methods.base import LayerState, MethodContext
+
+    calls = []
+    handle = tiny_cnn.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        both = Explainer(tiny_cnn, ["relu1", "relu2"]).explain(tiny_input, ["shapleycam", "gradcam"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1, "ShapleyCAM must not run a forward of its own inside the Explainer"
+    out = tiny_cnn(tiny_input).detach()
+    indices = out.argmax(1)
+    ctx = MethodContext(tiny_cnn, tiny_input, lambda o: o.gather(1, indices[:, None])[:, 0], out,
+                        out.max(1).values, indices)
+    for layer in ("relu1", "relu2"):
+        act, _ = split_forward(tiny_cnn, tiny_input, layer)
+        own = get_method("shapleycam").weights(LayerState(layer, act.detach(), None), ctx)
+        assert torch.allclose(both["shapleycam"].weights[layer], own, atol=1e-6, rtol=1e-5)
+    alone = Explainer(tiny_cnn, "relu2").explain(tiny_input, "gradcam")
+    assert torch.allclose(both["gradcam"].weights["relu2"], alone.weights["relu2"], atol=1e-7)

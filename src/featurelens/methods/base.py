@@ -31,6 +31,8 @@ class LayerState:
     name: str
     activation: Tensor  # [B, K, h, w]
     gradient: Tensor | None  # [B, K, h, w], None for gradient-free methods
+    # what a method with ``uses_graph`` computed inside the engine's pass, by method name
+    extra: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,11 +87,20 @@ class Method:
     name: ClassVar[str] = ""
     aliases: ClassVar[tuple[str, ...]] = ()
     needs_gradients: ClassVar[bool] = True
+    # True: the engine calls :meth:`on_graph` inside its own capture, while the forward graph is alive,
+    # so a method needing more than ``∂y/∂A`` (a second derivative, another score) saves a forward pass
+    uses_graph: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     # Options of a cheaper approximate run ({} = the method has no fast mode); used by the demo.
     fast_options: ClassVar[dict[str, Any]] = {}
 
     def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
+        raise NotImplementedError
+
+    def on_graph(self, activation: Tensor, output: Tensor, ctx: MethodContext) -> tuple[Tensor, ...]:
+        """For ``uses_graph`` methods: tensors shaped like ``activation`` (the live, differentiable
+        capture of one layer; ``output`` the model output on the same graph). The engine detaches
+        them, reshapes them as it does the activation and hands them over as ``layer.extra[name]``."""
         raise NotImplementedError
 
     def __call__(self, layer: LayerState, ctx: MethodContext) -> tuple[Tensor, Tensor | None]:

@@ -22,12 +22,15 @@ class ShapleyCAM(Method):
     The score ``s`` is, by default, the paper's ReST (residual softmax target) for class targets,
     ``s = y_c − CE(y, c) = y_c + log softmax(y)_c``: for a piecewise-linear network the Hessian of a
     logit is 0 and ShapleyCAM would reduce to Grad-CAM. With ``rest=False``, or a custom target
-    callable, ``s`` is the explained target itself. One extra forward and two backward passes.
+    callable, ``s`` is the explained target itself. Through the :class:`~featurelens.api.Explainer`
+    both derivatives come from the engine's own forward (``uses_graph``): two extra backward passes and
+    no extra forward; called on a bare :class:`LayerState`, it runs one forward of its own.
     """
 
     name = "shapleycam"
     aliases = ("shapley-cam",)
-    needs_gradients = False  # its own pass with a differentiable gradient
+    needs_gradients = False  # its own differentiable gradient, of its own score
+    uses_graph = True
     reference = "Cai et al., CAMs as Shapley Value-based Explainers, arXiv 2501.06261"
 
     def __init__(self, rest: bool = True) -> None:
@@ -44,21 +47,33 @@ class ShapleyCAM(Method):
             return (out.gather(1, idx) + F.log_softmax(out, dim=1).gather(1, idx))[:, 0]
         return evaluate_target(ctx.target, out, out.shape[0])
 
+    def on_graph(self, activation: Tensor, output: Tensor, ctx: MethodContext) -> tuple[Tensor, Tensor]:
+        """``(g, H A)`` of the score at the live ``activation``: ``g`` with ``create_graph``, then
+        ``∂(g · A)/∂A`` with ``A`` detached as the vector (graph kept for other layers)."""
+        with torch.enable_grad():
+            scores = self.score(output, ctx)
+            if not scores.requires_grad:
+                raise MethodError("ShapleyCAM: the target score does not depend on the layer")
+            (g,) = torch.autograd.grad(scores.sum(), activation, create_graph=True, allow_unused=True)
+            if g is None:
+                raise MethodError("ShapleyCAM: the target score does not depend on the layer")
+            hvp = None
+            if g.requires_grad:
+                (hvp,) = torch.autograd.grad(
+                    g, activation, grad_outputs=activation.detach(), allow_unused=True, retain_graph=True
+                )
+        return g.detach(), (torch.zeros_like(g) if hvp is None else hvp.detach())
+
     def gradient_and_hvp(self, layer: LayerState, ctx: MethodContext) -> tuple[Tensor, Tensor]:
+        if self.name in layer.extra:
+            g, hvp = layer.extra[self.name]
+            return g, hvp
         from featurelens.engine import Capture
 
         with Capture(ctx.model, layer.name) as cap, torch.enable_grad():
             out = cap.forward(ctx.inputs)
             act = require_spatial(cap.activation(layer.name), "ShapleyCAM", layer.name)
-            scores = self.score(out, ctx)
-            if not scores.requires_grad:
-                raise MethodError("ShapleyCAM: the target score does not depend on the layer")
-            (g,) = torch.autograd.grad(scores.sum(), act, create_graph=True)
-            if g.requires_grad:
-                (hvp,) = torch.autograd.grad(g, act, grad_outputs=act.detach(), allow_unused=True)
-            else:
-                hvp = None
-        return g.detach(), (torch.zeros_like(g) if hvp is None else hvp.detach())
+            return self.on_graph(act, out, ctx)
 
     def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
         g, hvp = self.gradient_and_hvp(layer, ctx)
