@@ -13,6 +13,7 @@ captured in the same pass and can be fused. Smoothing and meta-methods (``aug_sm
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -192,11 +193,17 @@ class Explainer:
     ) -> _Pass:
         """One capture (forward, and backward when a method needs gradients) and every method's maps."""
         need_grad = any(m.needs_gradients for m in instances)
-        on_graph = [m for m in instances if m.uses_graph]
+        # a method with its own backward rules (guided ReLUs) shares the pass only when it is alone
+        rules = instances[0].pass_rules(self.model) if len(instances) == 1 else None
+        on_graph = [m for m in instances if m.uses_graph and (rules is not None or not m.input_gradient)]
         batch = inputs.shape[0]
         extra: dict[str, dict[str, tuple[Tensor, ...]]] = {n: {} for n in names}
-        with Capture(self.model, list(names), gradients=need_grad or bool(on_graph)) as cap:
-            out = cap.forward(inputs)
+        x = inputs.detach().clone().requires_grad_(True) if rules is not None else inputs
+        with contextlib.ExitStack() as stack:
+            if rules is not None:
+                stack.enter_context(rules)
+            cap = stack.enter_context(Capture(self.model, list(names), gradients=need_grad or bool(on_graph)))
+            out = cap.forward(x)
             if need_grad:
                 with torch.enable_grad():  # the caller may be inside torch.no_grad()
                     scores = evaluate_target(tgt, out, batch)
@@ -218,6 +225,11 @@ class Explainer:
                 target_indices=target_indices(tgt, out),
             )
             for method in on_graph:  # second derivatives etc. on this pass's graph: no extra forward
+                if method.input_gradient:
+                    terms = tuple(t.detach() for t in method.on_graph(x, out_live, ctx))
+                    for n in names:
+                        extra[n][method.name] = terms
+                    continue
                 for n in names:
                     extra[n][method.name] = tuple(t.detach() for t in method.on_graph(live[n], out_live, ctx))
             del live, out_live
@@ -227,8 +239,10 @@ class Explainer:
             a = to_spatial(acts[n], self.reshape, model=self.model, layer=n)
             g = None if grads is None else to_spatial(grads[n][self.call], self.reshape, model=self.model, layer=n)
             ex = {
-                m: tuple(to_spatial(t, self.reshape, model=self.model, layer=n) for t in ts)
-                for m, ts in extra[n].items()
+                m.name: extra[n][m.name]
+                if m.input_gradient
+                else tuple(to_spatial(t, self.reshape, model=self.model, layer=n) for t in extra[n][m.name])
+                for m in on_graph
             }
             states[n] = LayerState(n, a, g, ex)
             check_4d(states[n])

@@ -122,3 +122,23 @@ def test_fullgrad_matches_explicit_decomposition(tiny_input):
     assert exp.raw_maps["conv2"].shape == (3, 10, 12) and exp.weights["conv2"] is None
     assert torch.allclose(exp.raw_maps["conv2"], ref, atol=1e-5, rtol=1e-4)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_guided_backprop_alone_uses_the_engine_pass_and_agrees_with_its_own_pass(tiny_cnn, tiny_input):
+    """Explained alone, Guided Backprop is the engine's single pass (guided rules, differentiable input);
+    next to another method it runs its own. Both equal the hand-written backward."""
+    classes = tiny_cnn(tiny_input).argmax(1).tolist()
+    ref = manual_guided(tiny_cnn, tiny_input, classes).abs().amax(dim=1)
+    calls = []
+    handle = tiny_cnn.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        alone = Explainer(tiny_cnn, "relu2").explain(tiny_input, "guidedbackprop")
+        assert len(calls) == 1
+        calls.clear()
+        shared = Explainer(tiny_cnn, "relu2").explain(tiny_input, ["guidedbackprop", "gradcam"])
+        assert len(calls) == 2  # the engine's plain pass, then the method's guided one
+    finally:
+        handle.remove()
+    for exp in (alone, shared["guidedbackprop"]):
+        assert torch.allclose(exp.raw_maps["relu2"], ref, atol=ATOL, rtol=RTOL)
+    assert all(p.grad is None and p.requires_grad for p in tiny_cnn.parameters())  # restored, untouched

@@ -14,7 +14,7 @@ Registering a new method is one small class with a ``name`` and a ``weights`` fu
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -90,12 +90,19 @@ class Method:
     # True: the engine calls :meth:`on_graph` inside its own capture, while the forward graph is alive,
     # so a method needing more than ``∂y/∂A`` (a second derivative, another score) saves a forward pass
     uses_graph: ClassVar[bool] = False
+    # with ``uses_graph``: ``on_graph`` is handed the (differentiable) input instead of each activation
+    input_gradient: ClassVar[bool] = False
     reference: ClassVar[str] = ""
     # Options of a cheaper approximate run ({} = the method has no fast mode); used by the demo.
     fast_options: ClassVar[dict[str, Any]] = {}
 
     def weights(self, layer: LayerState, ctx: MethodContext) -> Tensor:
         raise NotImplementedError
+
+    def pass_rules(self, model: nn.Module) -> AbstractContextManager[Any] | None:
+        """A context under which the engine runs its capture pass when this method is explained alone
+        (modified backward rules, such as guided ReLUs); ``None``: the pass is the plain one."""
+        return None
 
     def on_graph(self, activation: Tensor, output: Tensor, ctx: MethodContext) -> tuple[Tensor, ...]:
         """For ``uses_graph`` methods: tensors shaped like ``activation`` (the live, differentiable

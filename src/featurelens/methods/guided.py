@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -106,10 +106,28 @@ class GuidedBackprop(Method):
     name = "guidedbackprop"
     aliases = ("guided-backprop", "guided-backpropagation", "guidedbackpropagation")
     needs_gradients = False
+    # explained alone, the engine's own pass runs with the guided rules and a differentiable input
+    uses_graph = True
+    input_gradient = True
     reference = "Springenberg et al., Striving for Simplicity, ICLR Workshops 2015"
 
+    def pass_rules(self, model: nn.Module) -> AbstractContextManager[int] | None:
+        if not any(_bounds(m) is not None for m in model.modules()):
+            return None  # the method's own pass then raises the clear error
+        return guided_relus(model)
+
+    def on_graph(self, activation: Tensor, output: Tensor, ctx: MethodContext) -> tuple[Tensor]:
+        """``activation`` is the input here: the guided gradient ``∂y/∂x`` of the explained score."""
+        from featurelens.targets import evaluate_target
+
+        with torch.enable_grad():
+            scores = evaluate_target(ctx.target, output, output.shape[0])
+            (g,) = torch.autograd.grad(scores.sum(), activation)
+        return (g,)
+
     def __call__(self, layer: LayerState, ctx: MethodContext) -> tuple[Tensor, Tensor | None]:
-        return guided_gradient(ctx).abs().amax(dim=1), None
+        g = layer.extra[self.name][0] if self.name in layer.extra else guided_gradient(ctx)
+        return g.abs().amax(dim=1), None
 
 
 @register
