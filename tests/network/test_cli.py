@@ -68,3 +68,19 @@ def test_cli_bundle_validate_reports_problems(tmp_path, capsys):
     assert main(["bundle", "validate", str(tmp_path)]) == 1
     assert "version 99 is not supported" in capsys.readouterr().err
     assert main(["bundle", "view", str(tmp_path)]) == 2
+
+
+def test_cli_unreachable_ray_address_fails_fast_with_one_line(photo_dir, tmp_path, capsys):
+    """Nothing listens on the port: a clear error and exit 2 at once (Ray alone retries for minutes)."""
+    import socket
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["network", str(photo_dir / "chelsea.png"), "--ray-address", f"127.0.0.1:{port}",
+                 "--out", str(tmp_path / "b"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot join the Ray cluster at 127.0.0.1:{port}: nothing answers there" in err
+    assert "Traceback" not in err

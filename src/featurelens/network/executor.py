@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -232,6 +233,8 @@ class RayExecutor:
 
     def _ensure_ray(self) -> tuple[Any, bool]:
         ray = _import_ray()
+        if self.address:
+            _check_reachable(self.address)
         if ray.is_initialized():
             return ray, False
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, **self.init_kwargs}
@@ -324,6 +327,21 @@ class RayExecutor:
                 ray.shutdown()
         stats.seconds = time.perf_counter() - t0
         return stats
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after Ray's minutes of retries, when a ``HOST:PORT`` address has nothing
+    listening (``auto``, ``local`` and ``ray://`` addresses are left to Ray)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(
+            f"cannot join the Ray cluster at {address}: nothing answers there ({exc.strerror or exc}); "
+            "start it with `ray start --head` or check --ray-address"
+        ) from None
 
 
 def make_executor(ray: bool = False, *, address: str | None = None, workers: int | None = None,
