@@ -85,3 +85,26 @@ def test_a_sharded_version_3_bundle_imports_and_renders(imported, game_bundle, t
     expected_map = image_map(v3.load_map(v3.cluster(rnd.cluster_id)), photo.shape[:2])
     served = _decode(store.asset(db, pid, rnd.id, "r0"))
     assert np.abs(served - reveal(photo, expected_map, REVEAL_Q[0]).astype(int)).mean() < 2.0
+
+
+def test_a_worker_loads_the_renderer_at_start_not_on_its_first_image_request(tmp_path):
+    """The first render used to import torch and the map rule on a request thread (about 1.7 s holding the
+    GIL: every request of that worker waited). A fresh worker process built by ``app_from_env`` has them
+    loaded before it serves, and renders with one torch thread."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import featurelens.game.app as app\n"
+        "before = 'featurelens.network.render' in sys.modules\n"
+        "app.app_from_env()\n"
+        "import torch\n"
+        "print(before, 'featurelens.network.render' in sys.modules, 'featurelens.game.masks' in sys.modules,"
+        " torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "FEATURELENS_GAME_DATABASE_URL": str(tmp_path / "w.sqlite3")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True", "True", "1"]

@@ -132,6 +132,7 @@ def create_app(
     db = Database(engine)
     matcher = matcher or LemmaMatcher()
     matcher.normalize("warm up")  # loads lemminflect's tables now (1.5 s holding the GIL), not on a first answer
+    store.warm_renderer()  # torch and the map rule load with the worker, not on its first image request
     hasher = hasher or store.PasswordHasher()
     admin_token = admin_token or None
 
@@ -717,6 +718,10 @@ def app_from_env() -> FastAPI:
         n, _, w = text.partition("/")
         return (int(n), float(w or 60))
 
+    import torch
+
+    # a worker renders small maps on many request threads: one intra-op thread each, no OpenMP spin-wait
+    torch.set_num_threads(1)
     limit = _limit(os.environ.get("FEATURELENS_GAME_RATE_LIMIT", "30/60"))
     return create_app(
         os.environ.get("FEATURELENS_GAME_DATABASE_URL", "featurelens-game.sqlite3"),

@@ -263,6 +263,18 @@ def render_asset(conn: Any, cluster_pk: int, kind: str) -> bytes | None:
     return _render_jpeg(bytes(photo), bytes(data), float(sigma) if sigma else None, q)
 
 
+def warm_renderer() -> None:
+    """Load the renderer (torch, the map rule, JPEG) now: the first render in a worker otherwise imports
+    them on a request thread, about 1.7 s holding the GIL, and every request of that worker waits."""
+    from featurelens.game.masks import reveal
+    from featurelens.network.render import image_map, overlay_image
+
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    imap = image_map(np.eye(2, dtype=np.float32), (8, 8), None)
+    encode_jpeg(overlay_image(rgb, imap))
+    encode_jpeg(reveal(rgb, imap, float(REVEAL_Q[0])))
+
+
 @lru_cache(maxsize=64)
 def _render_jpeg(photo: bytes, map_data: bytes, sigma: float | None, q: float | None) -> bytes:
     """One rendered step (``q`` %) or the overlay (``q = None``) as JPEG, cached by content: every player
@@ -305,7 +317,8 @@ def import_bundle(
     seen_policy: str = "label_only",
     agreement_rule: str = "address",
 ) -> ImportSummary:
-    """Import an explanation bundle as a new campaign: photos, maps, pre-rendered reveal steps.
+    """Import an explanation bundle as a new campaign: photos and maps at feature resolution (their reveal
+    steps and overlay are rendered when first served, then cached by content).
 
     ``true_class`` of an image is kept as is; where it is null the export and the scoring use the
     model's ``predicted_class`` instead. A true class missing from the bundle's class list is added
