@@ -63,12 +63,27 @@ def startup_seconds() -> float:
     return time.perf_counter() - t
 
 
+def cli_seconds(mode: str, paths: list[Path], out: Path) -> float:
+    """Wall time of ``featurelens network PHOTOS --mode MODE`` in a fresh interpreter: what a user runs.
+
+    It writes what the command writes today (the version-3 sharded bundle and its viewer), effects on,
+    with the command's defaults (``--workers 2``), start-up and model loading included.
+    """
+    cmd = [sys.executable, "-c", "import sys; from featurelens.cli.main import main; sys.exit(main())",
+           "network", *map(str, paths), "--mode", mode, "--out", str(out), "--quiet"]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=dict(os.environ), stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 images x 4 layers")
     ap.add_argument("--images", type=int, default=8, help="photos (at most 8)")
     ap.add_argument("--modes", default="paper,stable,pca", help="modes compared (paper first: the reference)")
     ap.add_argument("--no-bundles", action="store_true", help="skip the end-to-end bundle runs")
+    ap.add_argument("--cli-repeats", type=int, default=2,
+                    help="repeats of the end-to-end `featurelens network` runs per mode, interleaved (0: skip)")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
@@ -211,6 +226,26 @@ def main() -> None:
         if "checks" in result:
             result["checks"]["3_stable_5x_faster_end_to_end"] = speedup >= 5.0  # type: ignore[index]
             result["checks"]["4_stable_le_4s_per_image"] = stages["stable"]["total"] <= 4.0  # type: ignore[index]
+    if args.cli_repeats > 0:
+        tmp = Path(tempfile.mkdtemp(prefix="bench_network_cli_"))
+        runs: dict[str, list[float]] = {"stable": [], "paper": []}
+        try:
+            for r in range(args.cli_repeats):
+                order = ("stable", "paper") if r % 2 == 0 else ("paper", "stable")
+                for m in order:
+                    runs[m].append(cli_seconds(m, paths, tmp / f"{m}{r}") / n)
+                    shutil.rmtree(tmp / f"{m}{r}", ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        med = {m: float(np.median(v)) for m, v in runs.items()}
+        cli_speedup = med["paper"] / med["stable"]
+        print(f"\n`featurelens network` end to end ({n} photos, {args.cli_repeats} interleaved runs per mode, "
+              f"median): stable {med['stable']:.2f} s/image, paper {med['paper']:.2f} s/image, speed-up "
+              f"{cli_speedup:.1f}x; load {load_average()}")
+        result["cli"] = {"seconds_per_image": runs, "median_seconds_per_image": med,
+                         "speedup_stable_vs_paper": cli_speedup}
+        if "checks" in result:
+            result["checks"]["3_stable_5x_faster_end_to_end_cli"] = cli_speedup >= 5.0  # type: ignore[index]
     if "checks" in result:
         print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in result["checks"].items()))  # type: ignore[union-attr]
     result["load_average"] = load_average()
